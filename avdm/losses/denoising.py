@@ -1,0 +1,39 @@
+"""Plain denoising (eq. 2) as a plugin: trains the generator on real clips, or a tiny teacher."""
+
+from __future__ import annotations
+
+from avdm.losses.base import DistillationLoss, LossOutput, StepContext
+from avdm.losses.functional import WEIGHTINGS, denoising_loss
+
+
+class DenoisingLoss(DistillationLoss):
+    """Eq. 2 on the real latents of the batch, applied to the generator's own denoiser.
+
+    Used alone it is ordinary diffusion training (tiny teachers, the CPU smoke experiment); beside the
+    distillation terms it adds generator-side real data (DMD2 style).
+
+    Args:
+        weight: lambda of this term.
+        t_min, t_max: normalized time range of the noise levels (fractions of T).
+        weighting: ``uniform`` or ``min_snr``.
+        min_snr_gamma: gamma of min-SNR weighting.
+    """
+
+    def __init__(self, weight: float = 1.0, t_min: float = 0.0, t_max: float = 1.0,
+                 weighting: str = "uniform", min_snr_gamma: float = 5.0) -> None:
+        super().__init__(weight)
+        if not 0.0 <= t_min < t_max <= 1.0:
+            raise ValueError(f"t_min/t_max must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
+        self.t_min, self.t_max = t_min, t_max
+        self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
+
+    def generator_loss(self, ctx: StepContext) -> LossOutput:
+        x0 = ctx.batch["latents"]
+        denoiser = ctx.generator.denoiser
+        t = denoiser.schedule.sample_t(x0.shape[0], self.t_min, self.t_max, device=x0.device)
+        loss = denoising_loss(denoiser, x0, ctx.text, t, weighting=self.weighting, min_snr_gamma=self.min_snr_gamma)
+        return LossOutput(loss, {"loss": loss.detach()})

@@ -1,0 +1,165 @@
+"""One denoiser view over diffusers models.
+
+Every model role (teacher, generator, fake score, discriminator encoder) is seen as
+``D(x_t, t, text) -> raw prediction`` on video latents ``(B, C, F, H, W)``, with normalized time
+``t: (B,)`` in [0, 1] and text embeddings ``(B, L, D)``. The raw prediction is in the model's own
+parameterization (``schedule.prediction_type``); :meth:`Denoiser.x0` / :meth:`Denoiser.eps` convert.
+
+The wrapped diffusers model stays reachable as ``.model`` under its own module names, so configs
+name feature layers exactly as diffusers does (``down_blocks.2``, ``mid_block``, ``blocks.3``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from avdm.models.feature_tap import FeatureTap
+from avdm.models.schedules import NoiseSchedule
+
+
+class Denoiser(nn.Module, abc.ABC):
+    """A diffusers model seen as ``(x_t, t, text) -> prediction`` on ``(B, C, F, H, W)`` latents.
+
+    Args:
+        model: the diffusers network.
+        schedule: the noise schedule the network was trained with.
+    """
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        self.model = model
+        self.schedule = schedule
+
+    @abc.abstractmethod
+    def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
+        """Run the network: ``x_t (B, C, F, H, W)``, network timesteps ``(B,)``, ``text (B, L, D)``."""
+
+    @abc.abstractmethod
+    def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
+        """Reshape one tapped activation to ``(B, C_i, F_i, H_i, W_i)``."""
+
+    @property
+    @abc.abstractmethod
+    def default_feature_layers(self) -> tuple[str, ...]:
+        """Module names of the encoder features, shallow to deep."""
+
+    def forward(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """Raw prediction ``(B, C, F, H, W)`` in the model's parameterization."""
+        if x_t.ndim != 5:
+            raise ValueError(f"x_t must be a video latent (B, C, F, H, W), got shape {tuple(x_t.shape)}")
+        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+        model_dtype = next(self.model.parameters()).dtype
+        timestep = self.schedule.timestep(t)
+        out = self._call_model(x_t.to(model_dtype), timestep, text.to(model_dtype))
+        return out.to(x_t.dtype)
+
+    def x0(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """Clean-sample estimate ``x0_hat(x_t, t)``, ``(B, C, F, H, W)``."""
+        return self.schedule.to_x0(self(x_t, t, text), x_t, t)
+
+    def eps(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
+        """Noise estimate ``eps_hat(x_t, t)``, ``(B, C, F, H, W)``."""
+        return self.schedule.to_eps(self(x_t, t, text), x_t, t)
+
+    def encoder_features(
+        self, x_t: Tensor, t: Tensor, text: Tensor, layers: Sequence[str] | None = None
+    ) -> list[Tensor]:
+        """Activations of ``layers`` (default: down blocks + mid block), each ``(B, C_i, F_i, H_i, W_i)``.
+
+        The forward pass stops after the deepest requested layer, so the decoder is never run.
+        """
+        layers = tuple(layers or self.default_feature_layers)
+        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+        with FeatureTap(self.model, layers, stop_after_last=True) as tap:
+            tap.run(self.forward, x_t, t, text)
+        return [self._feature_to_video(tap.features[name], x_t) for name in layers]
+
+
+def _unet_feature_layers(unet: nn.Module) -> tuple[str, ...]:
+    return tuple(f"down_blocks.{i}" for i in range(len(unet.down_blocks))) + ("mid_block",)
+
+
+class VideoUNetDenoiser(Denoiser):
+    """diffusers ``UNetMotionModel`` (AnimateDiff): SD UNet + motion modules.
+
+    ``UNetMotionModel`` folds frames into the batch inside and wants the text embeddings already
+    repeated per frame ``(B * F, L, D)``; this view does that.
+    """
+
+    def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
+        frames = x_t.shape[2]
+        text = text.repeat_interleave(frames, dim=0)
+        return self.model(x_t, timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+    def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
+        return rearrange(feature, "(b f) c h w -> b c f h w", b=x_t.shape[0])
+
+    @property
+    def default_feature_layers(self) -> tuple[str, ...]:
+        return _unet_feature_layers(self.model)
+
+
+class FrameUNetDenoiser(Denoiser):
+    """An image model (``UNet2DConditionModel``) applied to every frame of a video latent.
+
+    Frames are folded into the batch: ``(B, C, F, H, W) -> (B * F, C, H, W)``, text is repeated
+    per frame, and the output is unfolded again. This is the 2D teacher / 2D fake score of AVDM2.
+    """
+
+    def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
+        b, _, f = x_t.shape[:3]
+        frames = rearrange(x_t, "b c f h w -> (b f) c h w")
+        out = self.model(
+            frames,
+            timestep.repeat_interleave(f, dim=0),
+            encoder_hidden_states=text.repeat_interleave(f, dim=0),
+            return_dict=False,
+        )[0]
+        return rearrange(out, "(b f) c h w -> b c f h w", b=b)
+
+    def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
+        return rearrange(feature, "(b f) c h w -> b c f h w", b=x_t.shape[0])
+
+    @property
+    def default_feature_layers(self) -> tuple[str, ...]:
+        return _unet_feature_layers(self.model)
+
+
+class VideoTransformerDenoiser(Denoiser):
+    """A flow-matching video transformer on ``(B, C, F, H, W)`` latents (diffusers Wan layout).
+
+    Feature layers are transformer blocks; their token sequences ``(B, F' H' W', D)`` are unfolded
+    to ``(B, D, F', H', W')`` with the model's patch size.
+    """
+
+    def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
+        return self.model(x_t, timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+    def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
+        pf, ph, pw = self.model.config.patch_size
+        f, h, w = x_t.shape[2] // pf, x_t.shape[3] // ph, x_t.shape[4] // pw
+        return rearrange(feature, "b (f h w) d -> b d f h w", f=f, h=h, w=w)
+
+    @property
+    def default_feature_layers(self) -> tuple[str, ...]:
+        n = len(self.model.blocks)
+        return tuple(f"blocks.{i}" for i in sorted({0, n // 2, n - 1}))
+
+
+def freeze_(module: nn.Module) -> nn.Module:
+    """Freeze a teacher in place: no gradients, eval mode, and ``train()`` keeps it in eval."""
+    module.requires_grad_(False)
+    module.eval()
+    module.train = lambda mode=True: module  # type: ignore[method-assign]
+    return module
+
+
+@torch.no_grad()
+def count_parameter_storage(*modules: nn.Module) -> int:
+    """Number of distinct parameter storages across ``modules`` (shared weights count once)."""
+    return len({p.untyped_storage().data_ptr() for m in modules for p in m.parameters()})

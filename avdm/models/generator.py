@@ -1,0 +1,111 @@
+"""The few-step generator: a denoiser run on a short timestep ladder, with backward simulation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from avdm.models.denoiser import Denoiser
+
+
+@dataclass
+class SimulationResult:
+    """One backward-simulation draw.
+
+    Attributes:
+        x0: the generator's clean prediction at step ``k``, with gradient, ``(B, C, F, H, W)``.
+        x_t: the noisy input of step ``k`` (no gradient), ``(B, C, F, H, W)``.
+        t: normalized time of step ``k``, ``(B,)``.
+        k: the step index whose prediction carries gradient.
+    """
+
+    x0: Tensor
+    x_t: Tensor
+    t: Tensor
+    k: int
+
+
+class FewStepGenerator(nn.Module):
+    """``G_theta``: a trainable denoiser sampled on a fixed ladder of timesteps.
+
+    Sampling (AVDM2 Algorithm 1, DMD2's backward simulation): start from ``z_T ~ N(0, I)`` at the first
+    timestep, predict ``x0_hat``, re-noise it with fresh noise to the next timestep, repeat; the last
+    prediction is the sample.
+
+    Args:
+        denoiser: the trainable network (usually initialized from the video teacher).
+        timesteps: the ladder in the network's own timestep units, high to low
+            (DDPM default ``999, 749, 499, 249``; a flow model uses ``t * T``).
+    """
+
+    def __init__(self, denoiser: Denoiser, timesteps: Sequence[float] = (999, 749, 499, 249)) -> None:
+        super().__init__()
+        if len(timesteps) < 1 or list(timesteps) != sorted(timesteps, reverse=True) or len(set(timesteps)) != len(
+            timesteps
+        ):
+            raise ValueError(f"generator.timesteps must be a non-empty strictly decreasing list, got {list(timesteps)}")
+        T = denoiser.schedule.num_train_timesteps
+        if timesteps[0] > T or timesteps[-1] < 0:
+            raise ValueError(f"generator.timesteps must lie in [0, {T}], got {list(timesteps)}")
+        self.denoiser = denoiser
+        self.timesteps = [float(s) for s in timesteps]
+        self.register_buffer(
+            "t_ladder", torch.stack([denoiser.schedule.t_from_timestep(s) for s in self.timesteps]), persistent=False
+        )
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def _t(self, k: int, batch: int) -> Tensor:
+        return self.t_ladder[k].expand(batch)
+
+    def _renoise(self, x0: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return self.denoiser.schedule.add_noise(x0, eps, self._t(k, x0.shape[0]))
+
+    def step_input(self, z: Tensor, k: int, text: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``x_{t_k}``: the input of step ``k``, reached from noise ``z`` by ``k`` steps without gradient.
+
+        The first step's input is ``z`` itself (``z_T ~ N(0, I)``).
+        """
+        x_t = z
+        with torch.no_grad():
+            for j in range(k):
+                x0 = self.denoiser.x0(x_t, self._t(j, z.shape[0]), text)
+                x_t = self._renoise(x0, j + 1, generator)
+        return x_t
+
+    def simulate(self, z: Tensor, text: Tensor, k: int, generator: torch.Generator | None = None) -> SimulationResult:
+        """Backward simulation: steps ``0 .. k-1`` without gradient, then step ``k`` with gradient.
+
+        Args:
+            z: starting noise ``(B, C, F, H, W)``.
+            text: text embeddings ``(B, L, D)``.
+            k: index in ``[0, num_steps)`` of the step that carries gradient.
+            generator: RNG for the re-noising draws.
+        """
+        if not 0 <= k < self.num_steps:
+            raise ValueError(f"k must be in [0, {self.num_steps}), got {k}")
+        x_t = self.step_input(z, k, text, generator)
+        t = self._t(k, z.shape[0])
+        return SimulationResult(x0=self.denoiser.x0(x_t, t, text), x_t=x_t, t=t, k=k)
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, text: Tensor, num_steps: int | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Run the first ``num_steps`` (default all) steps and return the last ``x0_hat``."""
+        n = num_steps or self.num_steps
+        return self.simulate(z, text, n - 1, generator).x0
+
+
+def draw_simulation_step(num_steps: int, generator: torch.Generator) -> int:
+    """The backward-simulation index ``k ~ U{0 .. num_steps-1}``.
+
+    ``generator`` must be seeded identically on every rank (e.g. by the global step) so that
+    all ranks run the same number of forward passes and collectives stay in lockstep.
+    """
+    return int(torch.randint(num_steps, (1,), generator=generator).item())

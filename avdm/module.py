@@ -1,0 +1,232 @@
+"""DistillationModule: drives a generator and any set of loss plugins with manual optimization.
+
+One training batch is one *iteration*. Every iteration updates the critics of all plugins (fake
+scores, discriminator heads) once; every ``critic_steps_per_generator_step``-th iteration first
+updates the generator (AVDM2's two-timescale rule, DMD2's schedule). The generator optimizer's
+steps are the only ones that advance ``trainer.global_step``, so ``trainer.max_steps``, warm-up,
+logging and checkpoint intervals all count generator steps.
+
+Randomness (noise, the backward-simulation step, plugin draws) is re-seeded at every iteration from
+``(seed, iteration, rank)``, so a resumed run repeats exactly what an uninterrupted one does; the
+backward-simulation index ``k`` uses no rank, so all DDP ranks run the same number of passes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from avdm.errors import AvdmUserError, ConfigError
+from avdm.losses.base import DistillationLoss, StepContext, TeacherBank
+from avdm.models.bundle import ModelBundle
+from avdm.models.denoiser import freeze_
+from avdm.models.generator import FewStepGenerator, draw_simulation_step
+from avdm.optim import adamw, linear_warmup, param_groups_by_pattern
+
+FROZEN_PREFIXES = ("teachers.", "prompt_encoder.", "vae.")
+
+
+class NonFiniteLossError(AvdmUserError):
+    """Too many consecutive iterations with a non-finite loss."""
+
+
+@contextmanager
+def _no_grad_params(module: nn.Module) -> Iterator[None]:
+    """Temporarily turn off ``requires_grad`` on every trainable parameter of ``module``."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class DistillationModule(L.LightningModule):
+    """Few-step video distillation with pluggable objectives.
+
+    Args:
+        models: the teacher family (teachers, prompt encoder, VAE); the generator starts as a
+            trainable copy of ``models.video_teacher``.
+        losses: named plugins, e.g. ``{"sdm": FrameSDMLoss(...), "gan": DenoisingGANLoss(...)}``.
+        generator_timesteps: the generator's sampling ladder in the teacher's timestep units.
+        backward_simulation: train on a random step of the ladder (True) or only the first (False).
+        critic_steps_per_generator_step: critic updates per generator update (paper: 2).
+        generator_param_groups: ``[{pattern, lr, ...}]`` by parameter name, first match wins
+            (paper: motion modules 2e-5, the spatial UNet 4e-6).
+        critic_lr: learning rate of every plugin critic (paper: 2e-5).
+        betas, weight_decay: AdamW settings of all optimizers.
+        warmup_steps: linear LR warm-up, in steps of each optimizer (paper: 500).
+        grad_clip_norm: max gradient norm per update (``None``: no clipping).
+        max_consecutive_nonfinite: stop after this many iterations in a row whose loss is NaN/inf.
+        seed: base seed of the per-iteration randomness.
+    """
+
+    def __init__(
+        self,
+        models: ModelBundle,
+        losses: Mapping[str, DistillationLoss],
+        generator_timesteps: Sequence[float] = (999, 749, 499, 249),
+        backward_simulation: bool = True,
+        critic_steps_per_generator_step: int = 2,
+        generator_param_groups: Sequence[Mapping[str, Any]] = ({"pattern": ".*", "lr": 2e-5},),
+        critic_lr: float = 2e-5,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.01,
+        warmup_steps: int = 500,
+        grad_clip_norm: float | None = 1.0,
+        max_consecutive_nonfinite: int = 10,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not losses:
+            raise ConfigError("loss: at least one loss plugin is required")
+        if critic_steps_per_generator_step < 1:
+            raise ConfigError(f"module.critic_steps_per_generator_step must be >= 1, got "
+                              f"{critic_steps_per_generator_step}")
+        self.automatic_optimization = False
+        self.teachers = TeacherBank(models.video_teacher, models.image_teacher)
+        self.prompt_encoder = models.prompt_encoder
+        self.vae = models.vae
+        for frozen in (self.teachers, self.prompt_encoder, self.vae):
+            if frozen is not None:
+                freeze_(frozen)
+        student = copy.deepcopy(models.video_teacher)
+        student.requires_grad_(True)
+        self.generator = FewStepGenerator(student, generator_timesteps)
+        self.losses = nn.ModuleDict(dict(losses))
+        for plugin in self.losses.values():
+            plugin.bind(self.teachers)
+        self.latent_shape = tuple(models.latent_shape)
+        self.sources = dict(models.sources)
+        self.backward_simulation = backward_simulation
+        self.critic_every = critic_steps_per_generator_step
+        self.generator_param_groups = [dict(g) for g in generator_param_groups]
+        self.critic_lr, self.betas, self.weight_decay = critic_lr, tuple(betas), weight_decay
+        self.warmup_steps, self.grad_clip_norm = warmup_steps, grad_clip_norm
+        self.max_consecutive_nonfinite, self.seed = max_consecutive_nonfinite, seed
+        # Counters live in buffers so that they are saved in, and restored from, checkpoints.
+        for name in ("iterations", "generator_steps", "critic_steps", "nonfinite_skips", "consecutive_nonfinite"):
+            self.register_buffer(name, torch.zeros((), dtype=torch.long))
+        self._uncond_cache: Tensor | None = None
+
+    # --- optimizers ------------------------------------------------------------------------
+    @property
+    def critic_plugins(self) -> list[str]:
+        return [name for name, plugin in self.losses.items() if plugin.has_critic]
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+        groups = param_groups_by_pattern(self.generator.named_parameters(), self.generator_param_groups,
+                                         "module.generator_param_groups")
+        optimizers = [adamw(groups, lr=groups[0]["lr"], betas=self.betas, weight_decay=self.weight_decay)]
+        for name in self.critic_plugins:
+            params = list(self.losses[name].critic_parameters())
+            optimizers.append(adamw(params, lr=self.critic_lr, betas=self.betas, weight_decay=self.weight_decay))
+        schedulers = [{"scheduler": linear_warmup(opt, self.warmup_steps), "interval": "step"} for opt in optimizers]
+        return optimizers, schedulers
+
+    # --- conditioning ------------------------------------------------------------------------
+    def encode_text(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """Text embeddings of the batch's captions ``(B, L, D)`` and of the empty prompt."""
+        text = batch["text"] if "text" in batch else self.prompt_encoder(list(batch["captions"]))
+        if self._uncond_cache is None or self._uncond_cache.device != text.device:
+            self._uncond_cache = self.prompt_encoder([""]).to(text.device)
+        return text, self._uncond_cache.expand(text.shape[0], -1, -1)
+
+    # --- the iteration ---------------------------------------------------------------------------
+    def _seed_iteration(self) -> tuple[torch.Generator, int]:
+        it = int(self.iterations)
+        torch.manual_seed(self.seed * 1_000_003 + it * 7_919 + self.global_rank)
+        shared = torch.Generator().manual_seed(self.seed * 1_000_003 + it)
+        k = draw_simulation_step(self.generator.num_steps, shared) if self.backward_simulation else 0
+        return shared, k
+
+    def _check_finite(self, terms: Mapping[str, Tensor], phase: str) -> bool:
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+        if not bad:
+            return True
+        self.nonfinite_skips += 1
+        self.consecutive_nonfinite += 1
+        self.log(f"{phase}/nonfinite_skips", self.nonfinite_skips.float())
+        if int(self.consecutive_nonfinite) >= self.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{phase} loss term(s) {bad} were non-finite in {int(self.consecutive_nonfinite)} consecutive "
+                f"iterations (module.max_consecutive_nonfinite={self.max_consecutive_nonfinite}); training stopped "
+                f"and the last checkpoint was kept"
+            )
+        return False
+
+    def _update(self, optimizer: Any, scheduler: Any, loss: Tensor, counted: bool) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.grad_clip_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
+        if counted:
+            optimizer.step()
+        else:  # critic updates go through the strategy (precision, scaler) without advancing global_step
+            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None)
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        _, k = self._seed_iteration()
+        text, uncond = self.encode_text(batch)
+        z = torch.randn((text.shape[0], *self.latent_shape), device=self.device)
+
+        def context(x0: Tensor) -> StepContext:
+            return StepContext(x0, text, batch, self.teachers, self.generator, uncond, int(self.generator_steps))
+
+        x0_fake: Tensor | None = None
+        if int(self.iterations) % self.critic_every == self.critic_every - 1:
+            with self.toggled_optimizer(optimizers[0]):
+                x0_fake = self.generator.simulate(z, text, k).x0
+                ctx = context(x0_fake)
+                outputs = {name: plugin.generator_loss(ctx) for name, plugin in self.losses.items()}
+                if self._check_finite({n: o.loss for n, o in outputs.items()}, "gen"):
+                    total = sum(self.losses[n].weight * o.loss for n, o in outputs.items())
+                    self._update(optimizers[0], schedulers[0], total, counted=True)
+                    self.generator_steps += 1
+                    self.consecutive_nonfinite.zero_()
+                    self.log("gen/loss", total.detach(), prog_bar=True)
+                    for name, out in outputs.items():
+                        self.log_dict({f"gen/{name}/{key}": v for key, v in out.logs.items()})
+                    self.log("gen/backward_simulation_k", float(k))
+            x0_fake = x0_fake.detach()
+
+        if self.critic_plugins:
+            if x0_fake is None:
+                with torch.no_grad():
+                    x0_fake = self.generator.simulate(z, text, k).x0
+            ctx = context(x0_fake)
+            with _no_grad_params(self.generator):
+                outputs = {name: self.losses[name].critic_loss(ctx) for name in self.critic_plugins}
+                if self._check_finite({n: o.loss for n, o in outputs.items()}, "critic"):
+                    for i, name in enumerate(self.critic_plugins, start=1):
+                        self._update(optimizers[i], schedulers[i], outputs[name].loss, counted=False)
+                        self.log_dict({f"critic/{name}/{key}": v for key, v in outputs[name].logs.items()})
+                    self.critic_steps += 1
+        self.iterations += 1
+        self.log_dict({"step/generator": self.generator_steps.float(), "step/critic": self.critic_steps.float(),
+                       "lr/generator": torch.tensor(schedulers[0].get_last_lr()[0])})
+
+    # --- checkpoints: trainable weights only, plus where the frozen teachers came from ---------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            del state[key]
+        checkpoint["avdm_teacher_sources"] = self.sources
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)}
+        checkpoint["state_dict"].update(frozen)

@@ -1,0 +1,63 @@
+"""Optimizers for the generator and the critics: name-pattern parameter groups, AdamW, linear warm-up."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from avdm.errors import ConfigError
+
+
+def param_groups_by_pattern(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], groups: Sequence[dict[str, Any]], key: str
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into optimizer groups by regex on their names; first match wins.
+
+    Args:
+        named_parameters: ``module.named_parameters()``.
+        groups: ``[{"pattern": "motion_modules", "lr": 2e-5}, {"pattern": ".*", "lr": 4e-6}]``; any
+            other keys (``weight_decay``) go to the group as they are.
+        key: the config key, for error messages.
+
+    Raises:
+        ConfigError: a pattern matches no parameter, or a trainable parameter matches no pattern.
+    """
+    buckets: list[list[nn.Parameter]] = [[] for _ in groups]
+    compiled = [re.compile(g["pattern"]) for g in groups]
+    unmatched = []
+    for name, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        i = next((i for i, rx in enumerate(compiled) if rx.search(name)), None)
+        if i is None:
+            unmatched.append(name)
+        else:
+            buckets[i].append(p)
+    if unmatched:
+        raise ConfigError(f"{key}: parameters {unmatched[:3]} match no pattern; add a catch-all group "
+                          f"{{pattern: '.*', lr: ...}}")
+    empty = [g["pattern"] for g, b in zip(groups, buckets) if not b]
+    if empty:
+        raise ConfigError(f"{key}: patterns {empty} match no trainable parameter")
+    return [{**{k: v for k, v in g.items() if k != "pattern"}, "params": b} for g, b in zip(groups, buckets)]
+
+
+def adamw(
+    params: Iterable[Any], lr: float, betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.01,
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """AdamW with the papers' defaults (betas (0.9, 0.999), weight decay 0.01)."""
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
+
+
+def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """LR factor ``min(1, (step + 1) / warmup_steps)``; ``warmup_steps = 0`` keeps the LR constant."""
+    if warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be >= 0, got {warmup_steps}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 if warmup_steps == 0 else min(1.0, (step + 1) / warmup_steps)
+    )

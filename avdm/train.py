@@ -1,0 +1,63 @@
+"""``python -m avdm.train +experiment=NAME [key=value ...]``: compose, validate, build, fit.
+
+Errors in the user's config or files (a key out of range, missing weights) end the run with one
+line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from avdm.errors import AvdmUserError
+
+log = logging.getLogger("avdm.train")
+# conf/ ships inside the wheel as avdm/conf; in a source checkout it sits beside the package.
+_PACKAGED = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _PACKAGED.parent.parent / "conf")
+
+
+def fit(cfg: DictConfig) -> dict[str, Any]:
+    """Build everything from ``cfg`` and train; returns the final logged metrics."""
+    import lightning as L
+
+    from avdm.config import validate
+    from avdm.module import DistillationModule
+
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    models = instantiate(cfg.model)
+    losses = {name: instantiate(node) for name, node in cfg.loss.items()}
+    module = DistillationModule(models, losses, **cfg.module)
+    datamodule = instantiate(cfg.data)
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(generator_steps=int(module.generator_steps), critic_steps=int(module.critic_steps),
+                   nonfinite_skips=int(module.nonfinite_skips))
+    out = Path(cfg.paths.output_dir)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    log.info("Outputs in %s (checkpoints/, csv/metrics.csv, metrics.json)", out)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        fit(cfg)
+    except AvdmUserError as err:
+        print(f"avdm: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
