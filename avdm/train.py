@@ -54,9 +54,21 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         fit(cfg)
-    except AvdmUserError as err:
-        print(f"avdm: error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"avdm: error: {user_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _user_error(err: BaseException | None) -> AvdmUserError | None:
+    """The :class:`AvdmUserError` behind ``err`` (Hydra's ``instantiate`` wraps what targets raise)."""
+    while err is not None:
+        if isinstance(err, AvdmUserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

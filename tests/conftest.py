@@ -1,0 +1,28 @@
+"""Shared fixtures: everything offline, tiny, on the CPU."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TINY_UNET = {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "cross_attention_dim": 32,
+             "attention_heads": 2, "motion_attention_heads": 2, "norm_num_groups": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle():
+    """A tiny AnimateDiff teacher family: latents (4, 4, 16, 16), text (B, 16, 32). Do not modify it."""
+    from avdm.models.animatediff import build_animatediff
+
+    torch.manual_seed(0)
+    return build_animatediff(source="tiny", num_frames=4, resolution=32, tiny={"unet": TINY_UNET})
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tiny_bundle):
+    return tiny_bundle.prompt_encoder(["a red ball moving left", "a blue box moving up"])
