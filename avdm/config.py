@@ -35,10 +35,14 @@ def _check_arguments(node: DictConfig, key: str) -> Callable[..., Any]:
     params = inspect.signature(target).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return target
-    accepted = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL and n != "self"]
+    accepted = [
+        n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL and n != "self"
+    ]
     unknown = [k for k in node if k not in _HYDRA_KEYS and k not in accepted]
     if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: unknown key for {node['_target_']}; accepted keys: {accepted}")
+        raise ConfigError(
+            f"{key}.{unknown[0]}: unknown key for {node['_target_']}; accepted keys: {accepted}"
+        )
     return target
 
 
@@ -58,8 +62,10 @@ def _check_ranges(node: DictConfig, key: str) -> None:
     if "t_min" in node or "t_max" in node:
         t_min, t_max = node.get("t_min", 0.0), node.get("t_max", 1.0)
         if not (0.0 <= t_min < t_max <= 1.0):
-            raise ConfigError(f"{key}.t_min={t_min}, {key}.t_max={t_max}: need 0 <= t_min < t_max <= 1 "
-                              f"(fractions of the teacher's T)")
+            raise ConfigError(
+                f"{key}.t_min={t_min}, {key}.t_max={t_max}: need 0 <= t_min < t_max <= 1 "
+                f"(fractions of the teacher's T)"
+            )
     if "weight" in node and node["weight"] < 0:
         raise ConfigError(f"{key}.weight={node['weight']}: must be >= 0")
 
@@ -77,8 +83,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: a loss plugin needs a _target_ (a DistillationLoss class)")
         target = _check_arguments(node, key)
         if not (inspect.isclass(target) and issubclass(target, DistillationLoss)):
-            raise ConfigError(f"{key}._target_: {node['_target_']} is not a loss plugin "
-                              f"(avdm.losses.DistillationLoss subclass)")
+            raise ConfigError(
+                f"{key}._target_: {node['_target_']} is not a loss plugin "
+                f"(avdm.losses.DistillationLoss subclass)"
+            )
         _check_ranges(node, key)
         frames = node.get("num_frames")
         if frames is not None and model_frames is not None and not 1 <= frames <= model_frames:
@@ -93,5 +101,7 @@ def validate(cfg: DictConfig) -> None:
     if unknown:
         raise ConfigError(f"module.{unknown[0]}: unknown key; accepted keys: {accepted}")
     if cfg.module.critic_steps_per_generator_step < 1:
-        raise ConfigError("module.critic_steps_per_generator_step: must be >= 1, got "
-                          f"{cfg.module.critic_steps_per_generator_step}")
+        raise ConfigError(
+            "module.critic_steps_per_generator_step: must be >= 1, got "
+            f"{cfg.module.critic_steps_per_generator_step}"
+        )

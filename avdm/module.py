@@ -13,7 +13,6 @@ backward-simulation index ``k`` uses no rank, so all DDP ranks run the same numb
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 from avdm.errors import AvdmUserError, ConfigError
 from avdm.losses.base import DistillationLoss, StepContext, TeacherBank
 from avdm.models.bundle import ModelBundle
-from avdm.models.denoiser import freeze_
+from avdm.models.denoiser import freeze_, trainable_copy
 from avdm.models.generator import FewStepGenerator, draw_simulation_step
 from avdm.optim import adamw, linear_warmup, param_groups_by_pattern
 
@@ -89,8 +88,9 @@ class DistillationModule(L.LightningModule):
         if not losses:
             raise ConfigError("loss: at least one loss plugin is required")
         if critic_steps_per_generator_step < 1:
-            raise ConfigError(f"module.critic_steps_per_generator_step must be >= 1, got "
-                              f"{critic_steps_per_generator_step}")
+            raise ConfigError(
+                f"module.critic_steps_per_generator_step must be >= 1, got {critic_steps_per_generator_step}"
+            )
         self.automatic_optimization = False
         self.teachers = TeacherBank(models.video_teacher, models.image_teacher)
         self.prompt_encoder = models.prompt_encoder
@@ -98,9 +98,7 @@ class DistillationModule(L.LightningModule):
         for frozen in (self.teachers, self.prompt_encoder, self.vae):
             if frozen is not None:
                 freeze_(frozen)
-        student = copy.deepcopy(models.video_teacher)
-        student.requires_grad_(True)
-        self.generator = FewStepGenerator(student, generator_timesteps)
+        self.generator = FewStepGenerator(trainable_copy(models.video_teacher), generator_timesteps)
         self.losses = nn.ModuleDict(dict(losses))
         for plugin in self.losses.values():
             plugin.bind(self.teachers)
@@ -113,9 +111,23 @@ class DistillationModule(L.LightningModule):
         self.warmup_steps, self.grad_clip_norm = warmup_steps, grad_clip_norm
         self.max_consecutive_nonfinite, self.seed = max_consecutive_nonfinite, seed
         # Counters live in buffers so that they are saved in, and restored from, checkpoints.
-        for name in ("iterations", "generator_steps", "critic_steps", "nonfinite_skips", "consecutive_nonfinite"):
+        for name in (
+            "iterations",
+            "generator_steps",
+            "critic_steps",
+            "nonfinite_skips",
+            "consecutive_nonfinite",
+        ):
             self.register_buffer(name, torch.zeros((), dtype=torch.long))
         self._uncond_cache: Tensor | None = None
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        """Lightning puts the module in train mode at fit start; frozen models stay in eval."""
+        super().train(mode)
+        for frozen in (self.teachers, self.prompt_encoder, self.vae):
+            if frozen is not None:
+                frozen.eval()
+        return self
 
     # --- optimizers ------------------------------------------------------------------------
     @property
@@ -123,13 +135,18 @@ class DistillationModule(L.LightningModule):
         return [name for name, plugin in self.losses.items() if plugin.has_critic]
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
-        groups = param_groups_by_pattern(self.generator.named_parameters(), self.generator_param_groups,
-                                         "module.generator_param_groups")
+        groups = param_groups_by_pattern(
+            self.generator.named_parameters(), self.generator_param_groups, "module.generator_param_groups"
+        )
         optimizers = [adamw(groups, lr=groups[0]["lr"], betas=self.betas, weight_decay=self.weight_decay)]
         for name in self.critic_plugins:
             params = list(self.losses[name].critic_parameters())
-            optimizers.append(adamw(params, lr=self.critic_lr, betas=self.betas, weight_decay=self.weight_decay))
-        schedulers = [{"scheduler": linear_warmup(opt, self.warmup_steps), "interval": "step"} for opt in optimizers]
+            optimizers.append(
+                adamw(params, lr=self.critic_lr, betas=self.betas, weight_decay=self.weight_decay)
+            )
+        schedulers = [
+            {"scheduler": linear_warmup(opt, self.warmup_steps), "interval": "step"} for opt in optimizers
+        ]
         return optimizers, schedulers
 
     # --- conditioning ------------------------------------------------------------------------
@@ -155,11 +172,11 @@ class DistillationModule(L.LightningModule):
         self.nonfinite_skips += 1
         self.consecutive_nonfinite += 1
         self.log(f"{phase}/nonfinite_skips", self.nonfinite_skips.float())
-        if int(self.consecutive_nonfinite) >= self.max_consecutive_nonfinite:
+        count, limit = int(self.consecutive_nonfinite), self.max_consecutive_nonfinite
+        if count >= limit:
             raise NonFiniteLossError(
-                f"{phase} loss term(s) {bad} were non-finite in {int(self.consecutive_nonfinite)} consecutive "
-                f"iterations (module.max_consecutive_nonfinite={self.max_consecutive_nonfinite}); training stopped "
-                f"and the last checkpoint was kept"
+                f"{phase} loss term(s) {bad} were non-finite in {count} consecutive iterations "
+                f"(module.max_consecutive_nonfinite={limit}); training stopped, the last checkpoint was kept"
             )
         return False
 
@@ -167,7 +184,9 @@ class DistillationModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.grad_clip_norm is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm"
+            )
         if counted:
             optimizer.step()
         else:  # critic updates go through the strategy (precision, scaler) without advancing global_step
@@ -185,7 +204,9 @@ class DistillationModule(L.LightningModule):
         z = torch.randn((text.shape[0], *self.latent_shape), device=self.device)
 
         def context(x0: Tensor) -> StepContext:
-            return StepContext(x0, text, batch, self.teachers, self.generator, uncond, int(self.generator_steps))
+            return StepContext(
+                x0, text, batch, self.teachers, self.generator, uncond, int(self.generator_steps)
+            )
 
         x0_fake: Tensor | None = None
         if int(self.iterations) % self.critic_every == self.critic_every - 1:
@@ -217,8 +238,13 @@ class DistillationModule(L.LightningModule):
                         self.log_dict({f"critic/{name}/{key}": v for key, v in outputs[name].logs.items()})
                     self.critic_steps += 1
         self.iterations += 1
-        self.log_dict({"step/generator": self.generator_steps.float(), "step/critic": self.critic_steps.float(),
-                       "lr/generator": torch.tensor(schedulers[0].get_last_lr()[0])})
+        self.log_dict(
+            {
+                "step/generator": self.generator_steps.float(),
+                "step/critic": self.critic_steps.float(),
+                "lr/generator": torch.tensor(schedulers[0].get_last_lr()[0]),
+            }
+        )
 
     # --- checkpoints: trainable weights only, plus where the frozen teachers came from ---------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

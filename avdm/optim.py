@@ -38,8 +38,10 @@ def param_groups_by_pattern(
         else:
             buckets[i].append(p)
     if unmatched:
-        raise ConfigError(f"{key}: parameters {unmatched[:3]} match no pattern; add a catch-all group "
-                          f"{{pattern: '.*', lr: ...}}")
+        raise ConfigError(
+            f"{key}: parameters {unmatched[:3]} match no pattern; add a catch-all group "
+            f"{{pattern: '.*', lr: ...}}"
+        )
     empty = [g["pattern"] for g, b in zip(groups, buckets) if not b]
     if empty:
         raise ConfigError(f"{key}: patterns {empty} match no trainable parameter")
@@ -47,7 +49,10 @@ def param_groups_by_pattern(
 
 
 def adamw(
-    params: Iterable[Any], lr: float, betas: Sequence[float] = (0.9, 0.999), weight_decay: float = 0.01,
+    params: Iterable[Any],
+    lr: float,
+    betas: Sequence[float] = (0.9, 0.999),
+    weight_decay: float = 0.01,
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
     """AdamW with the papers' defaults (betas (0.9, 0.999), weight decay 0.01)."""

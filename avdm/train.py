@@ -42,8 +42,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics.update(generator_steps=int(module.generator_steps), critic_steps=int(module.critic_steps),
-                   nonfinite_skips=int(module.nonfinite_skips))
+    metrics.update(
+        generator_steps=int(module.generator_steps),
+        critic_steps=int(module.critic_steps),
+        nonfinite_skips=int(module.nonfinite_skips),
+    )
     out = Path(cfg.paths.output_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     log.info("Outputs in %s (checkpoints/, csv/metrics.csv, metrics.json)", out)

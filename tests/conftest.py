@@ -10,8 +10,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-TINY_UNET = {"block_out_channels": [32, 64, 64], "layers_per_block": 1, "cross_attention_dim": 32,
-             "attention_heads": 2, "motion_attention_heads": 2, "norm_num_groups": 8}
+TINY_UNET = {
+    "block_out_channels": [32, 64, 64],
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_heads": 2,
+    "motion_attention_heads": 2,
+    "norm_num_groups": 8,
+}
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +32,8 @@ def tiny_bundle():
 @pytest.fixture(scope="session")
 def tiny_text(tiny_bundle):
     return tiny_bundle.prompt_encoder(["a red ball moving left", "a blue box moving up"])
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_sizes():
+    return dict(TINY_UNET)

@@ -13,7 +13,9 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from avdm.data.resumable import ResumableDataLoader
 
 COLOURS: dict[str, tuple[float, ...]] = {
     "red": (1.0, -0.5, -0.5, 0.3),
@@ -21,16 +23,22 @@ COLOURS: dict[str, tuple[float, ...]] = {
     "blue": (-0.5, -0.5, 1.0, 0.0),
     "yellow": (0.7, 0.7, -0.8, 0.5),
 }
-DIRECTIONS: dict[str, tuple[float, float]] = {"left": (0.0, -1.0), "right": (0.0, 1.0), "up": (-1.0, 0.0),
-                                              "down": (1.0, 0.0)}
+DIRECTIONS: dict[str, tuple[float, float]] = {
+    "left": (0.0, -1.0),
+    "right": (0.0, 1.0),
+    "up": (-1.0, 0.0),
+    "down": (1.0, 0.0),
+}
 
 
 class SyntheticLatentDataset(Dataset):
-    """``num_samples`` clips; item ``i`` is ``{"latents": (C, F, H, W), "captions": str}``, fixed by ``seed``."""
+    """``num_samples`` clips; item ``i`` is ``{"latents": (C, F, H, W), "captions": str}``, fixed by seed."""
 
     def __init__(self, latent_shape: Sequence[int], num_samples: int = 256, seed: int = 0) -> None:
         if len(latent_shape) != 4 or min(latent_shape) < 1:
-            raise ValueError(f"data.latent_shape must be [C, F, H, W] with positive sizes, got {list(latent_shape)}")
+            raise ValueError(
+                f"data.latent_shape must be [C, F, H, W], positive sizes; got {list(latent_shape)}"
+            )
         if num_samples < 1:
             raise ValueError(f"data.num_samples must be >= 1, got {num_samples}")
         self.latent_shape = tuple(int(s) for s in latent_shape)
@@ -61,17 +69,25 @@ class SyntheticLatentDataset(Dataset):
 class SyntheticLatentDataModule(L.LightningDataModule):
     """Batches of :class:`SyntheticLatentDataset`: ``latents (B, C, F, H, W)``, ``captions list[str]``."""
 
-    def __init__(self, latent_shape: Sequence[int], num_samples: int = 256, batch_size: int = 2,
-                 num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        latent_shape: Sequence[int],
+        num_samples: int = 256,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.dataset = SyntheticLatentDataset(latent_shape, num_samples, seed)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(self.seed), drop_last=True,
-                          persistent_workers=self.num_workers > 0)
-
-
+    def train_dataloader(self) -> ResumableDataLoader:
+        return ResumableDataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -72,8 +72,16 @@ class StepContext:
 
     def detached(self) -> StepContext:
         """The same context with ``x0_fake`` cut from the generator's graph (critic phase)."""
-        return StepContext(self.x0_fake.detach(), self.text, self.batch, self.teachers, self.generator,
-                           self.uncond_text, self.generator_step, self.extras)
+        return StepContext(
+            self.x0_fake.detach(),
+            self.text,
+            self.batch,
+            self.teachers,
+            self.generator,
+            self.uncond_text,
+            self.generator_step,
+            self.extras,
+        )
 
 
 class DistillationLoss(nn.Module, abc.ABC):

@@ -19,8 +19,14 @@ class DenoisingLoss(DistillationLoss):
         min_snr_gamma: gamma of min-SNR weighting.
     """
 
-    def __init__(self, weight: float = 1.0, t_min: float = 0.0, t_max: float = 1.0,
-                 weighting: str = "uniform", min_snr_gamma: float = 5.0) -> None:
+    def __init__(
+        self,
+        weight: float = 1.0,
+        t_min: float = 0.0,
+        t_max: float = 1.0,
+        weighting: str = "uniform",
+        min_snr_gamma: float = 5.0,
+    ) -> None:
         super().__init__(weight)
         if not 0.0 <= t_min < t_max <= 1.0:
             raise ValueError(f"t_min/t_max must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
@@ -35,5 +41,7 @@ class DenoisingLoss(DistillationLoss):
         x0 = ctx.batch["latents"]
         denoiser = ctx.generator.denoiser
         t = denoiser.schedule.sample_t(x0.shape[0], self.t_min, self.t_max, device=x0.device)
-        loss = denoising_loss(denoiser, x0, ctx.text, t, weighting=self.weighting, min_snr_gamma=self.min_snr_gamma)
+        loss = denoising_loss(
+            denoiser, x0, ctx.text, t, weighting=self.weighting, min_snr_gamma=self.min_snr_gamma
+        )
         return LossOutput(loss, {"loss": loss.detach()})

@@ -54,8 +54,11 @@ def spatial_unet(motion_unet: UNetMotionModel) -> UNet2DConditionModel:
     for name, _ in list(unet.named_children()):
         if name not in blocks:
             setattr(unet, name, getattr(motion_unet, name))
-    pairs = [*zip(unet.down_blocks, motion_unet.down_blocks), *zip(unet.up_blocks, motion_unet.up_blocks),
-             (unet.mid_block, motion_unet.mid_block)]
+    pairs = [
+        *zip(unet.down_blocks, motion_unet.down_blocks),
+        *zip(unet.up_blocks, motion_unet.up_blocks),
+        (unet.mid_block, motion_unet.mid_block),
+    ]
     for block_2d, block_motion in pairs:
         for name, _ in list(block_2d.named_children()):
             setattr(block_2d, name, getattr(block_motion, name))
@@ -101,27 +104,41 @@ def tiny_motion_unet(
     return UNetMotionModel.from_unet2d(unet, adapter)
 
 
-def tiny_vae(block_out_channels: Sequence[int] = (16, 32), latent_channels: int = 4,
-             norm_num_groups: int = 8) -> AutoencoderKL:
+def tiny_vae(
+    block_out_channels: Sequence[int] = (16, 32), latent_channels: int = 4, norm_num_groups: int = 8
+) -> AutoencoderKL:
     """A small SD-style VAE (downsampling 2^(len-1))."""
     n = len(block_out_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=latent_channels,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(block_out_channels), layers_per_block=1, norm_num_groups=norm_num_groups,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=1,
+        norm_num_groups=norm_num_groups,
     )
 
 
 def tiny_prompt_encoder(
-    hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2, max_length: int = 16,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    max_length: int = 16,
     words: Sequence[str] = DEFAULT_TINY_WORDS,
 ) -> PromptEncoder:
     """A small CLIP text encoder with the project's offline word tokenizer."""
     tokenizer = build_word_tokenizer(words, max_length=max_length)
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, max_position_embeddings=max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     return PromptEncoder(tokenizer, CLIPTextModel(config), max_length=max_length)
@@ -166,7 +183,7 @@ def build_animatediff(
         vae = tiny_vae(**sizes.get("vae", {}))
         prompt_encoder = tiny_prompt_encoder(**sizes.get("text", {}))
         scheduler_config = dict(DDIMScheduler().config)
-        sources = {"teacher": "tiny (random init, seed %d)" % seed}
+        sources = {"teacher": f"tiny (random init, seed {seed})"}
         if image_teacher != "shared":
             raise ValueError("model.image_teacher must be 'shared' for tiny models")
     else:
@@ -177,26 +194,68 @@ def build_animatediff(
         dtype = parse_dtype(p.get("dtype", "float32"))
         common = {"torch_dtype": dtype, "local_files_only": p.get("local_files_only", False)}
         if p.get("motion_adapter"):
-            unet2d = load_pretrained("the base image UNet", "model.pretrained.base_model",
-                                     UNet2DConditionModel.from_pretrained, base, subfolder="unet", **common)
-            adapter = load_pretrained("the AnimateDiff motion adapter", "model.pretrained.motion_adapter",
-                                      MotionAdapter.from_pretrained, p["motion_adapter"], **common)
+            unet2d = load_pretrained(
+                "the base image UNet",
+                "model.pretrained.base_model",
+                UNet2DConditionModel.from_pretrained,
+                base,
+                subfolder="unet",
+                **common,
+            )
+            adapter = load_pretrained(
+                "the AnimateDiff motion adapter",
+                "model.pretrained.motion_adapter",
+                MotionAdapter.from_pretrained,
+                p["motion_adapter"],
+                **common,
+            )
             motion = UNetMotionModel.from_unet2d(unet2d, adapter)
             del unet2d, adapter
         else:
-            motion = load_pretrained("the AnimateDiff UNet", "model.pretrained.base_model",
-                                     UNetMotionModel.from_pretrained, base, subfolder="unet", **common)
+            motion = load_pretrained(
+                "the AnimateDiff UNet",
+                "model.pretrained.base_model",
+                UNetMotionModel.from_pretrained,
+                base,
+                subfolder="unet",
+                **common,
+            )
         vae_src = p.get("vae") or base
-        vae = load_pretrained("the VAE", "model.pretrained.vae", AutoencoderKL.from_pretrained, vae_src,
-                              subfolder=None if p.get("vae") else "vae", **common)
-        tokenizer = load_pretrained("the tokenizer", "model.pretrained.base_model", CLIPTokenizer.from_pretrained,
-                                    base, subfolder="tokenizer", local_files_only=common["local_files_only"])
-        text_encoder = load_pretrained("the text encoder", "model.pretrained.base_model",
-                                       CLIPTextModel.from_pretrained, base, subfolder="text_encoder", **common)
+        vae = load_pretrained(
+            "the VAE",
+            "model.pretrained.vae",
+            AutoencoderKL.from_pretrained,
+            vae_src,
+            subfolder=None if p.get("vae") else "vae",
+            **common,
+        )
+        tokenizer = load_pretrained(
+            "the tokenizer",
+            "model.pretrained.base_model",
+            CLIPTokenizer.from_pretrained,
+            base,
+            subfolder="tokenizer",
+            local_files_only=common["local_files_only"],
+        )
+        text_encoder = load_pretrained(
+            "the text encoder",
+            "model.pretrained.base_model",
+            CLIPTextModel.from_pretrained,
+            base,
+            subfolder="text_encoder",
+            **common,
+        )
         prompt_encoder = PromptEncoder(tokenizer, text_encoder)
-        scheduler_config = dict(load_pretrained("the scheduler config", "model.pretrained.base_model",
-                                                DDIMScheduler.from_pretrained, base, subfolder="scheduler",
-                                                local_files_only=common["local_files_only"]).config)
+        scheduler_config = dict(
+            load_pretrained(
+                "the scheduler config",
+                "model.pretrained.base_model",
+                DDIMScheduler.from_pretrained,
+                base,
+                subfolder="scheduler",
+                local_files_only=common["local_files_only"],
+            ).config
+        )
         sources = {"teacher": base, "motion_adapter": str(p.get("motion_adapter")), "vae": vae_src}
 
     video = VideoUNetDenoiser(motion, _schedule(scheduler_config, video_schedule))
@@ -204,8 +263,13 @@ def build_animatediff(
         image_unet = spatial_unet(motion)
         sources["image_teacher"] = "shared with the video teacher (motion modules off)"
     else:
-        image_unet = load_pretrained("the 2D image teacher", "model.image_teacher",
-                                     UNet2DConditionModel.from_pretrained, image_teacher, subfolder="unet")
+        image_unet = load_pretrained(
+            "the 2D image teacher",
+            "model.image_teacher",
+            UNet2DConditionModel.from_pretrained,
+            image_teacher,
+            subfolder="unet",
+        )
         sources["image_teacher"] = image_teacher
     image = FrameUNetDenoiser(image_unet, _schedule(scheduler_config, image_schedule))
 

@@ -37,7 +37,11 @@ class PromptEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> Tensor:
         ids = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+            list(prompts),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids.to(self.text_encoder.device)
         return self.text_encoder(ids)[0]
 
@@ -73,11 +77,12 @@ def load_pretrained(what: str, config_key: str, loader: Callable[..., T], source
     looks_local = source.startswith(("/", ".", "~")) or source.count("/") > 1  # hub ids are "owner/name"
     if looks_local and not Path(source).expanduser().exists():
         raise MissingWeightsError(
-            f"Missing {what}: the local path '{source}' does not exist; set {config_key}=/path/to/a/local/copy."
+            f"Missing {what}: the local path '{source}' does not exist; "
+            f"set {config_key}=/path/to/a/local/copy."
         )
     try:
         return loader(source, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:  # hub errors derive from OSError / ValueError
+    except (OSError, ValueError) as err:  # hub errors derive from OSError / ValueError
         hint = "" if os.environ.get("HF_HUB_OFFLINE") != "1" else " (HF_HUB_OFFLINE=1)"
         raise MissingWeightsError(
             f"Missing {what}: '{source}' is not a local directory and could not be loaded from the "

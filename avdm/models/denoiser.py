@@ -12,6 +12,7 @@ name feature layers exactly as diffusers does (``down_blocks.2``, ``mid_block``,
 from __future__ import annotations
 
 import abc
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -152,11 +153,15 @@ class VideoTransformerDenoiser(Denoiser):
 
 
 def freeze_(module: nn.Module) -> nn.Module:
-    """Freeze a teacher in place: no gradients, eval mode, and ``train()`` keeps it in eval."""
+    """Freeze a teacher in place: no gradients, eval mode. Its owner keeps it in eval when
+    Lightning calls ``train()`` (see ``DistillationModule.train``)."""
     module.requires_grad_(False)
-    module.eval()
-    module.train = lambda mode=True: module  # type: ignore[method-assign]
-    return module
+    return module.eval()
+
+
+def trainable_copy(denoiser: Denoiser) -> Denoiser:
+    """A deep copy with every parameter trainable, in train mode (the generator, fake scores)."""
+    return copy.deepcopy(denoiser).requires_grad_(True).train()
 
 
 @torch.no_grad()

@@ -35,8 +35,10 @@ class FeatureTap:
         unknown = [n for n in names if n not in modules]
         if unknown:
             blocks = [n for n in modules if n.count(".") <= 1 and n]
-            raise ValueError(f"feature layers {unknown} are not modules of {type(model).__name__}; "
-                             f"top-level choices include {blocks[:40]}")
+            raise ValueError(
+                f"feature layers {unknown} are not modules of {type(model).__name__}; "
+                f"top-level choices include {blocks[:40]}"
+            )
         self._modules = [(n, modules[n]) for n in names]
         self._stop = stop_after_last
         self._handles: list[Any] = []

@@ -43,17 +43,23 @@ class FewStepGenerator(nn.Module):
 
     def __init__(self, denoiser: Denoiser, timesteps: Sequence[float] = (999, 749, 499, 249)) -> None:
         super().__init__()
-        if len(timesteps) < 1 or list(timesteps) != sorted(timesteps, reverse=True) or len(set(timesteps)) != len(
-            timesteps
+        if (
+            len(timesteps) < 1
+            or list(timesteps) != sorted(timesteps, reverse=True)
+            or len(set(timesteps)) != len(timesteps)
         ):
-            raise ValueError(f"generator.timesteps must be a non-empty strictly decreasing list, got {list(timesteps)}")
+            raise ValueError(
+                f"generator.timesteps must be a non-empty strictly decreasing list, got {list(timesteps)}"
+            )
         T = denoiser.schedule.num_train_timesteps
         if timesteps[0] > T or timesteps[-1] < 0:
             raise ValueError(f"generator.timesteps must lie in [0, {T}], got {list(timesteps)}")
         self.denoiser = denoiser
         self.timesteps = [float(s) for s in timesteps]
         self.register_buffer(
-            "t_ladder", torch.stack([denoiser.schedule.t_from_timestep(s) for s in self.timesteps]), persistent=False
+            "t_ladder",
+            torch.stack([denoiser.schedule.t_from_timestep(s) for s in self.timesteps]),
+            persistent=False,
         )
 
     @property
@@ -79,7 +85,9 @@ class FewStepGenerator(nn.Module):
                 x_t = self._renoise(x0, j + 1, generator)
         return x_t
 
-    def simulate(self, z: Tensor, text: Tensor, k: int, generator: torch.Generator | None = None) -> SimulationResult:
+    def simulate(
+        self, z: Tensor, text: Tensor, k: int, generator: torch.Generator | None = None
+    ) -> SimulationResult:
         """Backward simulation: steps ``0 .. k-1`` without gradient, then step ``k`` with gradient.
 
         Args:
@@ -95,8 +103,9 @@ class FewStepGenerator(nn.Module):
         return SimulationResult(x0=self.denoiser.x0(x_t, t, text), x_t=x_t, t=t, k=k)
 
     @torch.no_grad()
-    def sample(self, z: Tensor, text: Tensor, num_steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, z: Tensor, text: Tensor, num_steps: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Run the first ``num_steps`` (default all) steps and return the last ``x0_hat``."""
         n = num_steps or self.num_steps
         return self.simulate(z, text, n - 1, generator).x0

@@ -121,7 +121,11 @@ class NoiseSchedule(abc.ABC):
         return (self.alpha(t) / self.sigma(t)) ** 2
 
     def sample_t(
-        self, batch_size: int, t_min: float = 0.0, t_max: float = 1.0, generator: torch.Generator | None = None,
+        self,
+        batch_size: int,
+        t_min: float = 0.0,
+        t_max: float = 1.0,
+        generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> Tensor:
         """Draw ``t ~ U[t_min, t_max]`` (then the family's shift), shape ``(batch_size,)``."""
@@ -156,7 +160,9 @@ class DDPMSchedule(NoiseSchedule):
     ) -> None:
         super().__init__(prediction_type, num_train_timesteps)
         if prediction_type == "flow":
-            raise ValueError("DDPMSchedule.prediction_type must be epsilon, v_prediction or sample, got 'flow'")
+            raise ValueError(
+                "DDPMSchedule.prediction_type must be epsilon, v_prediction or sample, got 'flow'"
+            )
         T = num_train_timesteps
         if beta_schedule == "linear":
             betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
@@ -184,7 +190,9 @@ class DDPMSchedule(NoiseSchedule):
 
     def index(self, t: Tensor) -> Tensor:
         """Integer timestep index ``n = round(t (T - 1))``, shape of ``t``."""
-        return (t.float() * (self.num_train_timesteps - 1)).round().long().clamp(0, self.num_train_timesteps - 1)
+        return (
+            (t.float() * (self.num_train_timesteps - 1)).round().long().clamp(0, self.num_train_timesteps - 1)
+        )
 
     def _alpha_bar(self, t: Tensor) -> Tensor:
         return self.alphas_cumprod.to(t.device)[self.index(t)]
@@ -211,10 +219,14 @@ class FlowMatchingSchedule(NoiseSchedule):
         prediction_type: ``flow`` (velocity ``eps - x0``) or ``sample``.
     """
 
-    def __init__(self, shift: float = 1.0, prediction_type: str = "flow", num_train_timesteps: int = 1000) -> None:
+    def __init__(
+        self, shift: float = 1.0, prediction_type: str = "flow", num_train_timesteps: int = 1000
+    ) -> None:
         super().__init__(prediction_type, num_train_timesteps)
         if prediction_type not in ("flow", "sample"):
-            raise ValueError(f"FlowMatchingSchedule.prediction_type must be 'flow' or 'sample', got {prediction_type!r}")
+            raise ValueError(
+                f"FlowMatchingSchedule.prediction_type must be 'flow' or 'sample', got {prediction_type!r}"
+            )
         if shift <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
         self.shift = float(shift)

@@ -20,13 +20,15 @@ CFG_CONVENTIONS = ("standard", "dmd2")
 
 
 def make_scheduler(name: str, scheduler_config: dict[str, Any], **overrides: Any) -> SchedulerMixin:
-    """A diffusers scheduler of kind ``name`` (``ddim``, ``euler``, ``flow_euler``) from a teacher's config."""
+    """A diffusers scheduler of kind ``name`` (``ddim``, ``euler``, ``flow_euler``) from a teacher config."""
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}")
     return SCHEDULERS[name].from_config({**scheduler_config, **overrides})
 
 
-def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: float, convention: str = "standard") -> Tensor:
+def classifier_free_guidance(
+    cond: Tensor, uncond: Tensor, scale: float, convention: str = "standard"
+) -> Tensor:
     """Guided prediction.
 
     ``standard``: ``uncond + s (cond - uncond)`` (s = 1 is no guidance);
@@ -40,7 +42,12 @@ def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: float, convent
 
 
 def guided_prediction(
-    denoiser: Denoiser, x_t: Tensor, t: Tensor, text: Tensor, uncond_text: Tensor | None, scale: float,
+    denoiser: Denoiser,
+    x_t: Tensor,
+    t: Tensor,
+    text: Tensor,
+    uncond_text: Tensor | None,
+    scale: float,
     convention: str = "standard",
 ) -> Tensor:
     """Raw prediction with CFG; conditional and unconditional run as one batched forward."""
@@ -75,10 +82,10 @@ def sample_teacher(
         The final latent ``(B, C, F, H, W)``.
     """
     scheduler.set_timesteps(num_steps, device=z.device)
-    x = z * scheduler.init_noise_sigma
+    x = z * getattr(scheduler, "init_noise_sigma", 1.0)  # flow-matching schedulers have neither
+    scale_input = getattr(scheduler, "scale_model_input", lambda sample, timestep: sample)
     for timestep in scheduler.timesteps:
         t = denoiser.schedule.t_from_timestep(timestep).to(z.device).expand(z.shape[0])
-        pred = guided_prediction(denoiser, scheduler.scale_model_input(x, timestep), t, text, uncond_text,
-                                 guidance_scale)
+        pred = guided_prediction(denoiser, scale_input(x, timestep), t, text, uncond_text, guidance_scale)
         x = scheduler.step(pred, timestep, x, generator=generator, return_dict=False)[0]
     return x

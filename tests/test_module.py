@@ -1,0 +1,102 @@
+"""DistillationModule: step counting, frozen teachers, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from avdm.data import SyntheticLatentDataModule
+from avdm.losses.base import DistillationLoss, LossOutput, StepContext
+from avdm.losses.denoising import DenoisingLoss
+from avdm.module import DistillationModule
+
+
+class MeanCritic(DistillationLoss):
+    """A minimal plugin with a critic: a linear score on channel means, real vs fake."""
+
+    def __init__(self, weight: float = 0.1) -> None:
+        super().__init__(weight)
+        self.critic = nn.Linear(4, 1)
+
+    def generator_loss(self, ctx: StepContext) -> LossOutput:
+        loss = -self.critic(ctx.x0_fake.mean((2, 3, 4))).mean()
+        return LossOutput(loss, {"loss": loss.detach()})
+
+    def critic_loss(self, ctx: StepContext) -> LossOutput:
+        real = self.critic(ctx.batch["latents"].mean((2, 3, 4)))
+        fake = self.critic(ctx.x0_fake.mean((2, 3, 4)))
+        loss = nn.functional.softplus(-real).mean() + nn.functional.softplus(fake).mean()
+        return LossOutput(loss, {"loss": loss.detach()})
+
+
+def _module(bundle, **kwargs):
+    torch.manual_seed(0)  # the probe critic's initialization
+    losses = {"denoising": DenoisingLoss(), "probe": MeanCritic()}
+    return DistillationModule(
+        bundle,
+        losses,
+        generator_timesteps=(999, 499),
+        warmup_steps=2,
+        critic_steps_per_generator_step=2,
+        seed=3,
+        **kwargs,
+    )
+
+
+def _data(bundle):
+    return SyntheticLatentDataModule(bundle.latent_shape, num_samples=32, batch_size=1, seed=0)
+
+
+def _trainer(tmp_path, max_steps):
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+
+
+def test_max_steps_counts_generator_steps_and_teachers_stay_frozen(tiny_bundle, tmp_path):
+    module = _module(tiny_bundle)
+    teacher_before = {k: v.clone() for k, v in module.teachers.state_dict().items()}
+    gen_before = [p.detach().clone() for p in module.generator.parameters()]
+    critic_before = module.losses["probe"].critic.weight.detach().clone()
+    trainer = _trainer(tmp_path, max_steps=3)
+    trainer.fit(module, datamodule=_data(tiny_bundle))
+    assert trainer.global_step == 3 == int(module.generator_steps)
+    assert int(module.iterations) == 6 and int(module.critic_steps) == 6
+    assert all(torch.equal(v, teacher_before[k]) for k, v in module.teachers.state_dict().items())
+    assert not module.teachers.training and not module.teachers.video.model.training
+    assert all(p.grad is None for p in module.teachers.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(module.generator.parameters(), gen_before))
+    assert not torch.equal(module.losses["probe"].critic.weight, critic_before)
+    # Warm-up of 2 generator steps has ended: the LR is the configured one.
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 2e-5
+
+
+def test_checkpoint_holds_trainable_weights_only_and_resume_is_exact(tiny_bundle, tmp_path):
+    straight = _module(tiny_bundle)
+    _trainer(tmp_path / "a", max_steps=4).fit(straight, datamodule=_data(tiny_bundle))
+
+    first = _module(tiny_bundle)
+    trainer = _trainer(tmp_path / "b", max_steps=2)
+    trainer.fit(first, datamodule=_data(tiny_bundle))
+    ckpt = tmp_path / "half.ckpt"
+    trainer.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    assert not any(k.startswith(("teachers.", "prompt_encoder.", "vae.")) for k in state["state_dict"])
+    assert any(k.startswith("generator.") for k in state["state_dict"])
+    assert state["avdm_teacher_sources"]["image_teacher"].startswith("shared")
+
+    resumed = _module(tiny_bundle)
+    _trainer(tmp_path / "c", max_steps=4).fit(resumed, datamodule=_data(tiny_bundle), ckpt_path=ckpt)
+    assert int(resumed.generator_steps) == 4 and int(resumed.iterations) == int(straight.iterations)
+    for (name, a), b in zip(straight.generator.named_parameters(), resumed.generator.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(
+        straight.losses["probe"].critic.weight, resumed.losses["probe"].critic.weight, rtol=0, atol=0
+    )
