@@ -1,0 +1,213 @@
+"""Score distribution matching (AVDM2 Sec. 4.2, eq. 8): 2D (frame) SDM and video SDM.
+
+Both plugins share :class:`ScoreDistillationLoss`: noise the generator's sample, ask the frozen real
+score (a teacher, optionally with CFG) and the trainable fake score (a copy of that teacher made in
+:meth:`~ScoreDistillationLoss.bind`) for their noise estimates, and push
+``w(t) (eps_real - eps_fake)`` into the sample through :func:`~avdm.losses.functional.sdm_surrogate`.
+They differ only in the teacher role and in which frames they look at.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from avdm.losses.base import DistillationLoss, LossOutput, StepContext, TeacherBank
+from avdm.losses.functional import (
+    SDM_REDUCTIONS,
+    WEIGHTINGS,
+    check_choice,
+    check_t_range,
+    denoising_loss,
+    sdm_gradient,
+    sdm_surrogate,
+)
+from avdm.models.denoiser import Denoiser, trainable_copy
+from avdm.models.teacher_sampling import CFG_CONVENTIONS, guided_prediction
+
+
+class ScoreDistillationLoss(DistillationLoss):
+    """Eq. 8 on ``K`` frames of the generator's sample (``num_frames``) or on the whole clip (``None``).
+
+    Generator phase, for ``x0 = ctx.x0_fake`` (restricted to the chosen frames), ``t ~ U[t_min, t_max]``
+    (the teacher schedule's own sampling, shift included) and fresh noise:
+    ``x~_t = alpha_t x0 + sigma_t eps'``; ``eps_real`` from the teacher (CFG with ``ctx.uncond_text``
+    when given), ``eps_fake`` from the fake score, both without gradient;
+    ``grad = w(t) (eps_real - eps_fake)`` with DMD's per-sample weight
+    ``w(t) = sigma_t / (alpha_t mean|x0 - x0_real_hat|)``, in fp32; the loss is
+    ``0.5 ||x0 - stopgrad(x0 - grad)||^2`` summed over all elements (``reduction: sum``), so the gradient
+    reaching each element of ``x0`` is exactly ``grad`` (``mean`` divides it by ``x0.numel()``, as DMD2).
+
+    Critic phase: eq. 2 for the fake score on the (detached) chosen frames, same ``t`` range.
+
+    Args:
+        weight: lambda_SDM.
+        teacher: the real-score role in :class:`TeacherBank`: ``image`` or ``video``.
+        num_frames: ``K`` random frames per sample, or ``None`` for every frame.
+        t_min, t_max: normalized noise-level range (paper: 0.2, 0.98).
+        guidance_scale: CFG scale of the real score (``standard``: 1 = none; ``dmd2``: 0 = none).
+        guidance_convention: ``standard`` (``uncond + s (cond - uncond)``) or ``dmd2``
+            (``cond + g (cond - uncond)``).
+        reduction: ``sum`` or ``mean`` of the surrogate (see above).
+        norm_eps: added to ``mean|x0 - x0_real_hat|`` in ``w(t)``.
+        fake_score_weighting: ``uniform`` or ``min_snr`` weighting of the fake score's eq. 2.
+    """
+
+    TEACHER_ROLES = ("image", "video")
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        teacher: str = "image",
+        num_frames: int | None = 4,
+        t_min: float = 0.2,
+        t_max: float = 0.98,
+        guidance_scale: float = 1.0,
+        guidance_convention: str = "standard",
+        reduction: str = "sum",
+        norm_eps: float = 1e-6,
+        fake_score_weighting: str = "uniform",
+    ) -> None:
+        super().__init__(weight)
+        check_choice("teacher", teacher, self.TEACHER_ROLES)
+        if num_frames is not None and num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1 or null (every frame), got {num_frames}")
+        check_t_range(t_min, t_max)
+        check_choice("guidance_convention", guidance_convention, CFG_CONVENTIONS)
+        check_choice("reduction", reduction, SDM_REDUCTIONS)
+        check_choice("fake_score_weighting", fake_score_weighting, WEIGHTINGS)
+        if norm_eps <= 0:
+            raise ValueError(f"norm_eps must be > 0, got {norm_eps}")
+        self.teacher_role = teacher
+        self.num_frames = num_frames
+        self.t_min, self.t_max = float(t_min), float(t_max)
+        self.guidance_scale = float(guidance_scale)
+        self.guidance_convention = guidance_convention
+        self.reduction = reduction
+        self.norm_eps = float(norm_eps)
+        self.fake_score_weighting = fake_score_weighting
+        self.fake_score: Denoiser | None = None
+
+    def _teacher(self, teachers: TeacherBank) -> Denoiser:
+        teacher = getattr(teachers, self.teacher_role)
+        if teacher is None:
+            raise ValueError(
+                f"teacher={self.teacher_role!r} but the TeacherBank has no {self.teacher_role} teacher"
+            )
+        return teacher
+
+    def bind(self, teachers: TeacherBank) -> None:
+        """Build the fake score ``eps_psi`` as a trainable copy of the real-score teacher."""
+        self.fake_score = trainable_copy(self._teacher(teachers))
+
+    def _fake_score(self) -> Denoiser:
+        if self.fake_score is None:
+            raise RuntimeError(f"{type(self).__name__}: call bind(teachers) before computing losses")
+        return self.fake_score
+
+    def select_frames(self, x0: Tensor) -> Tensor:
+        """``K`` distinct random frames of every sample: ``(B, C, F, H, W) -> (B, C, K, H, W)``."""
+        frames = x0.shape[2]
+        if self.num_frames is None:
+            return x0
+        if self.num_frames > frames:
+            raise ValueError(f"num_frames must be <= the clip's frame count {frames}, got {self.num_frames}")
+        idx = torch.rand(x0.shape[0], frames, device=x0.device).argsort(dim=1)[:, : self.num_frames]
+        return x0[torch.arange(x0.shape[0], device=x0.device)[:, None], :, idx].permute(0, 2, 1, 3, 4)
+
+    def generator_loss(self, ctx: StepContext) -> LossOutput:
+        teacher, fake_score = self._teacher(ctx.teachers), self._fake_score()
+        schedule = teacher.schedule
+        x0 = self.select_frames(ctx.x0_fake)
+        t = schedule.sample_t(x0.shape[0], self.t_min, self.t_max, device=x0.device)
+        with torch.no_grad():
+            x_t = schedule.add_noise(x0.detach(), torch.randn_like(x0), t)
+            pred_real = guided_prediction(
+                teacher, x_t, t, ctx.text, ctx.uncond_text, self.guidance_scale, self.guidance_convention
+            )
+            eps_real, x0_real = schedule.to_eps(pred_real, x_t, t), schedule.to_x0(pred_real, x_t, t)
+            eps_fake = fake_score.schedule.to_eps(fake_score(x_t, t, ctx.text), x_t, t)
+        grad, w, norm = sdm_gradient(
+            x0, x0_real, eps_real, eps_fake, schedule.alpha(t), schedule.sigma(t), self.norm_eps
+        )
+        loss = sdm_surrogate(x0, grad, self.reduction)
+        return LossOutput(
+            loss,
+            {"loss": loss.detach(), "grad_abs_mean": grad.abs().mean(), "norm": norm.mean(), "w": w.mean()},
+        )
+
+    def critic_loss(self, ctx: StepContext) -> LossOutput:
+        fake_score = self._fake_score()
+        x0 = self.select_frames(ctx.x0_fake.detach())
+        t = fake_score.schedule.sample_t(x0.shape[0], self.t_min, self.t_max, device=x0.device)
+        loss = denoising_loss(fake_score, x0, ctx.text, t, weighting=self.fake_score_weighting)
+        return LossOutput(loss, {"loss": loss.detach()})
+
+
+class FrameSDMLoss(ScoreDistillationLoss):
+    """AVDM2's 2D SDM: eq. 8 on ``num_frames`` random frames, real score = the image teacher.
+
+    Args:
+        weight: lambda_SDM.
+        num_frames: ``K`` random frames per sample (paper: 4 of 16).
+        t_min, t_max, guidance_scale, guidance_convention, reduction, norm_eps, fake_score_weighting:
+            see :class:`ScoreDistillationLoss`.
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        num_frames: int = 4,
+        t_min: float = 0.2,
+        t_max: float = 0.98,
+        guidance_scale: float = 1.0,
+        guidance_convention: str = "standard",
+        reduction: str = "sum",
+        norm_eps: float = 1e-6,
+        fake_score_weighting: str = "uniform",
+    ) -> None:
+        super().__init__(
+            weight,
+            "image",
+            num_frames,
+            t_min,
+            t_max,
+            guidance_scale,
+            guidance_convention,
+            reduction,
+            norm_eps,
+            fake_score_weighting,
+        )
+
+
+class VideoSDMLoss(ScoreDistillationLoss):
+    """The video-SDM variant (AVDM2 Table 1): eq. 8 on whole clips, real score = the video teacher.
+
+    Args:
+        weight, t_min, t_max, guidance_scale, guidance_convention, reduction, norm_eps, fake_score_weighting:
+            see :class:`ScoreDistillationLoss`.
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        t_min: float = 0.2,
+        t_max: float = 0.98,
+        guidance_scale: float = 1.0,
+        guidance_convention: str = "standard",
+        reduction: str = "sum",
+        norm_eps: float = 1e-6,
+        fake_score_weighting: str = "uniform",
+    ) -> None:
+        super().__init__(
+            weight,
+            "video",
+            None,
+            t_min,
+            t_max,
+            guidance_scale,
+            guidance_convention,
+            reduction,
+            norm_eps,
+            fake_score_weighting,
+        )

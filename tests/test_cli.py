@@ -1,0 +1,139 @@
+"""The Hydra entry point as a user runs it: experiments compose, sweeps fan out, errors are one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from avdm.config import validate
+from avdm.errors import ConfigError
+from avdm.train import CONFIG_DIR
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=["paths.output_dir=/tmp/avdm-compose", *overrides])
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "avdm.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = _compose(f"+experiment={experiment}")
+    validate(cfg)
+    assert cfg.loss, "an experiment selects at least one loss plugin"
+
+
+def test_paper_experiment_carries_the_paper_settings():
+    cfg = _compose("+experiment=avdm2_animatediff")
+    assert cfg.model.num_frames == 16 and cfg.model.resolution == 512
+    assert cfg.model.pretrained.motion_adapter.startswith("guoyww/animatediff-motion-adapter-v1-5")
+    assert [g.lr for g in cfg.module.generator_param_groups] == [2e-5, 4e-6]
+    assert cfg.module.critic_lr == 2e-5 and cfg.module.warmup_steps == 500
+    assert cfg.module.critic_steps_per_generator_step == 2
+    assert set(cfg.loss) == {"sdm", "gan"} and cfg.loss.sdm.num_frames == 4
+    assert (cfg.loss.sdm.t_min, cfg.loss.sdm.t_max, cfg.loss.gan.t_min, cfg.loss.gan.t_max) == (
+        0.2,
+        0.98,
+        0.0,
+        0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["loss.sdm.t_min=0.9", "loss.sdm.t_max=0.1"], "loss.sdm.t_min"),
+        (["loss.gan.t_max=1.5"], "loss.gan.t_max"),
+        (["loss.sdm.weight=-1"], "loss.sdm.weight"),
+        (["loss.sdm.num_frames=9"], "loss.sdm.num_frames"),
+        (["+loss.gan.lambda_adm=1"], "loss.gan.lambda_adm"),
+        (["loss.gan._target_=avdm.losses.NoSuchLoss"], "loss.gan._target_"),
+        (["+trainer.max_stepz=3"], "trainer.max_stepz"),
+        (["+module.ema=0.99"], "module.ema"),
+    ],
+)
+def test_invalid_configs_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(_compose("+experiment=avdm2_tiny", *overrides))
+
+
+@pytest.mark.slow
+def test_tiny_experiment_trains_and_writes_metrics(tmp_path):
+    result = _run(tmp_path, "+experiment=avdm2_tiny", "trainer.max_steps=2", "hydra.run.dir=run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["generator_steps"] == 2 and metrics["critic_steps"] == 4
+    for key in (
+        "gen/sdm/loss",
+        "gen/gan/loss",
+        "critic/sdm/loss",
+        "critic/gan/loss",
+        "critic/gan/logits_real",
+    ):
+        assert key in metrics
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_missing_pretrained_weights_end_in_one_line_naming_the_key(tmp_path):
+    result = _run(tmp_path, "+experiment=avdm2_animatediff", "hydra.run.dir=run")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("avdm: error: Missing") and "model.pretrained.base_model=" in last
+
+
+@pytest.mark.slow
+def test_inverted_t_range_exits_with_one_line(tmp_path):
+    result = _run(
+        tmp_path, "+experiment=avdm2_tiny", "loss.sdm.t_min=0.9", "loss.sdm.t_max=0.1", "hydra.run.dir=run"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("avdm: error: loss.sdm.t_min=0.9")
+
+
+@pytest.mark.slow
+def test_multirun_sweep_gives_each_job_its_own_folder_and_metrics(tmp_path):
+    result = _run(
+        tmp_path,
+        "-m",
+        "+experiment=avdm2_tiny",
+        "loss.sdm.weight=0.5,1.0",
+        "loss.gan.t_max=0.3,0.5",
+        "trainer.max_steps=1",
+        "hydra.sweep.dir=sweep",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(jobs) == 4
+    combos = set()
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text())["generator_steps"] == 1
+        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        combos.add((cfg.loss.sdm.weight, cfg.loss.gan.t_max))
+        assert (
+            f"loss.sdm.weight={cfg.loss.sdm.weight}" in job.name
+            and f"loss.gan.t_max={cfg.loss.gan.t_max}" in job.name
+        )
+    assert combos == {(0.5, 0.3), (0.5, 0.5), (1.0, 0.3), (1.0, 0.5)}
