@@ -20,12 +20,14 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from avdm.errors import AvdmUserError, ConfigError
 from avdm.losses.base import DistillationLoss, StepContext, TeacherBank
 from avdm.models.bundle import ModelBundle
 from avdm.models.denoiser import freeze_, trainable_copy
 from avdm.models.generator import FewStepGenerator, draw_simulation_step
+from avdm.models.vae import encode_pixels
 from avdm.optim import adamw, linear_warmup, param_groups_by_pattern
 
 FROZEN_PREFIXES = ("teachers.", "prompt_encoder.", "vae.")
@@ -66,6 +68,8 @@ class DistillationModule(L.LightningModule):
         grad_clip_norm: max gradient norm per update (``None``: no clipping).
         max_consecutive_nonfinite: stop after this many iterations in a row whose loss is NaN/inf.
         seed: base seed of the per-iteration randomness.
+        ema_decay: keep an exponential moving average of the generator with this decay (``None``: off;
+            the paper uses none). Sampling callbacks use it when present.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class DistillationModule(L.LightningModule):
         grad_clip_norm: float | None = 1.0,
         max_consecutive_nonfinite: int = 10,
         seed: int = 0,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         if not losses:
@@ -99,6 +104,15 @@ class DistillationModule(L.LightningModule):
             if frozen is not None:
                 freeze_(frozen)
         self.generator = FewStepGenerator(trainable_copy(models.video_teacher), generator_timesteps)
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"module.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        self.generator_ema = (
+            AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            if ema_decay is not None
+            else None
+        )
+        if self.generator_ema is not None:
+            self.generator_ema.requires_grad_(False)
         self.losses = nn.ModuleDict(dict(losses))
         for plugin in self.losses.values():
             plugin.bind(self.teachers)
@@ -150,6 +164,14 @@ class DistillationModule(L.LightningModule):
         return optimizers, schedulers
 
     # --- conditioning ------------------------------------------------------------------------
+    def with_latents(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The batch with ``latents``: pixel clips ``(B, 3, F, H, W)`` are encoded with the teacher's VAE."""
+        if "latents" in batch or "pixels" not in batch:
+            return batch
+        if self.vae is None:
+            raise ConfigError("data: the batch holds pixels but the model has no VAE to encode them")
+        return {**batch, "latents": encode_pixels(self.vae, batch["pixels"])}
+
     def encode_text(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         """Text embeddings of the batch's captions ``(B, L, D)`` and of the empty prompt."""
         text = batch["text"] if "text" in batch else self.prompt_encoder(list(batch["captions"]))
@@ -180,9 +202,12 @@ class DistillationModule(L.LightningModule):
             )
         return False
 
-    def _update(self, optimizer: Any, scheduler: Any, loss: Tensor, counted: bool) -> None:
+    def _update(self, optimizer: Any, scheduler: Any, loss: Tensor, counted: bool, name: str) -> None:
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            self.log(f"grad_norm/{name}", torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
         if self.grad_clip_norm is not None:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm"
@@ -200,6 +225,7 @@ class DistillationModule(L.LightningModule):
         schedulers = self.lr_schedulers()
         schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
         _, k = self._seed_iteration()
+        batch = self.with_latents(batch)
         text, uncond = self.encode_text(batch)
         z = torch.randn((text.shape[0], *self.latent_shape), device=self.device)
 
@@ -216,8 +242,10 @@ class DistillationModule(L.LightningModule):
                 outputs = {name: plugin.generator_loss(ctx) for name, plugin in self.losses.items()}
                 if self._check_finite({n: o.loss for n, o in outputs.items()}, "gen"):
                     total = sum(self.losses[n].weight * o.loss for n, o in outputs.items())
-                    self._update(optimizers[0], schedulers[0], total, counted=True)
+                    self._update(optimizers[0], schedulers[0], total, counted=True, name="generator")
                     self.generator_steps += 1
+                    if self.generator_ema is not None:
+                        self.generator_ema.update_parameters(self.generator)
                     self.consecutive_nonfinite.zero_()
                     self.log("gen/loss", total.detach(), prog_bar=True)
                     for name, out in outputs.items():
@@ -234,7 +262,9 @@ class DistillationModule(L.LightningModule):
                 outputs = {name: self.losses[name].critic_loss(ctx) for name in self.critic_plugins}
                 if self._check_finite({n: o.loss for n, o in outputs.items()}, "critic"):
                     for i, name in enumerate(self.critic_plugins, start=1):
-                        self._update(optimizers[i], schedulers[i], outputs[name].loss, counted=False)
+                        self._update(
+                            optimizers[i], schedulers[i], outputs[name].loss, counted=False, name=name
+                        )
                         self.log_dict({f"critic/{name}/{key}": v for key, v in outputs[name].logs.items()})
                     self.critic_steps += 1
         self.iterations += 1
@@ -245,6 +275,20 @@ class DistillationModule(L.LightningModule):
                 "lr/generator": torch.tensor(schedulers[0].get_last_lr()[0]),
             }
         )
+
+    # --- sampling --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self, prompts: Sequence[str], seed: int = 0, num_steps: int | None = None, use_ema: bool = True
+    ) -> Tensor:
+        """Latents ``(B, C, F, H, W)`` of the few-step generator (its EMA when kept) for ``prompts``."""
+        generator = (
+            self.generator_ema.module if (use_ema and self.generator_ema is not None) else self.generator
+        )
+        text = self.prompt_encoder(list(prompts)).to(self.device)
+        rng = torch.Generator(device="cpu").manual_seed(seed)
+        z = torch.randn((len(prompts), *self.latent_shape), generator=rng).to(self.device)
+        return generator.sample(z, text, num_steps, generator=rng)
 
     # --- checkpoints: trainable weights only, plus where the frozen teachers came from ---------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -137,3 +137,18 @@ def test_multirun_sweep_gives_each_job_its_own_folder_and_metrics(tmp_path):
             and f"loss.gan.t_max={cfg.loss.gan.t_max}" in job.name
         )
     assert combos == {(0.5, 0.3), (0.5, 0.5), (1.0, 0.3), (1.0, 0.5)}
+
+
+@pytest.mark.parametrize(
+    "experiment, targets",
+    [
+        ("avdm2_animatediff", {"sdm": "FrameSDMLoss", "gan": "DenoisingGANLoss"}),
+        ("avdm2_video_sdm", {"sdm": "VideoSDMLoss", "gan": "DenoisingGANLoss"}),
+        ("avdm2_gan_only", {"gan": "DenoisingGANLoss"}),
+        ("dmd2_style", {"sdm": "VideoSDMLoss", "gan": "DenoisingGANLoss", "denoising": "DenoisingLoss"}),
+    ],
+)
+def test_experiments_select_their_plugins(experiment, targets):
+    cfg = _compose(f"+experiment={experiment}")
+    assert {name: node._target_.rsplit(".", 1)[1] for name, node in cfg.loss.items()} == targets
+    assert cfg.model.source == "pretrained" and cfg.trainer.strategy == "ddp_find_unused_parameters_true"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 
@@ -100,3 +101,86 @@ def test_checkpoint_holds_trainable_weights_only_and_resume_is_exact(tiny_bundle
     torch.testing.assert_close(
         straight.losses["probe"].critic.weight, resumed.losses["probe"].critic.weight, rtol=0, atol=0
     )
+
+
+class NaNAfter(DistillationLoss):
+    """Returns NaN for the first ``bad_calls`` generator losses, then a finite loss."""
+
+    def __init__(self, bad_calls: int) -> None:
+        super().__init__(1.0)
+        self.bad_calls, self.calls = bad_calls, 0
+
+    def generator_loss(self, ctx: StepContext) -> LossOutput:
+        self.calls += 1
+        loss = ctx.x0_fake.square().mean()
+        if self.calls <= self.bad_calls:
+            loss = loss * float("nan")
+        return LossOutput(loss, {})
+
+
+def test_a_transient_nonfinite_loss_is_skipped_and_counted(tiny_bundle, tmp_path):
+    module = DistillationModule(
+        tiny_bundle,
+        {"nan_probe": NaNAfter(1)},
+        generator_timesteps=(999, 499),
+        critic_steps_per_generator_step=1,
+        max_consecutive_nonfinite=3,
+    )
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=_data(tiny_bundle))
+    assert (
+        int(module.nonfinite_skips) == 1 and int(module.generator_steps) == 2 and int(module.iterations) == 3
+    )
+
+
+def test_repeated_nonfinite_losses_stop_training_naming_the_term(tiny_bundle, tmp_path):
+    from avdm.module import NonFiniteLossError
+
+    module = DistillationModule(
+        tiny_bundle,
+        {"nan_probe": NaNAfter(10)},
+        generator_timesteps=(999, 499),
+        critic_steps_per_generator_step=1,
+        max_consecutive_nonfinite=2,
+    )
+    before = [p.detach().clone() for p in module.generator.parameters()]
+    with pytest.raises(NonFiniteLossError, match="nan_probe.*2 consecutive.*max_consecutive_nonfinite=2"):
+        _trainer(tmp_path, max_steps=5).fit(module, datamodule=_data(tiny_bundle))
+    assert int(module.generator_steps) == 0 and int(module.nonfinite_skips) == 2
+    assert all(torch.equal(p, b) for p, b in zip(module.generator.parameters(), before))
+
+
+def test_ema_follows_the_generator_and_samples_are_written(tiny_bundle, tmp_path):
+    import av
+
+    from avdm.callbacks import SampleVideos
+
+    module = _module(tiny_bundle, ema_decay=0.5)
+    samples = SampleVideos(str(tmp_path), every_n_steps=1, prompts=["a red ball moving left", "a blue box"])
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[samples],
+    )
+    init = next(module.generator_ema.module.parameters()).detach().clone()
+    trainer.fit(module, datamodule=_data(tiny_bundle))
+    ema, live = next(module.generator_ema.module.parameters()), next(module.generator.parameters())
+    assert not torch.equal(ema, init) and not torch.equal(ema, live)
+    assert [p.name for p in samples.written] == ["step_000001.mp4", "step_000002.mp4"]
+    with av.open(str(samples.written[-1])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    c, f, h, w = tiny_bundle.latent_shape
+    assert len(frames) == f and frames[0].shape == (2 * h, 2 * 2 * w, 3)  # 1 x 2 grid, VAE upsamples 2x
+    assert module.sample(["a"], seed=1).shape == (1, c, f, h, w)
+    torch.testing.assert_close(module.sample(["a"], seed=1), module.sample(["a"], seed=1))
+
+
+def test_pixel_batches_are_encoded_with_the_teacher_vae(tiny_bundle):
+    module = _module(tiny_bundle)
+    c, f, h, w = tiny_bundle.latent_shape
+    batch = module.with_latents({"pixels": torch.rand(2, 3, f, 2 * h, 2 * w) * 2 - 1, "captions": ["a", "b"]})
+    assert batch["latents"].shape == (2, c, f, h, w)

@@ -70,7 +70,8 @@ class FewStepGenerator(nn.Module):
         return self.t_ladder[k].expand(batch)
 
     def _renoise(self, x0: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        device = generator.device if generator is not None else x0.device
+        eps = torch.randn(x0.shape, generator=generator, device=device).to(x0)
         return self.denoiser.schedule.add_noise(x0, eps, self._t(k, x0.shape[0]))
 
     def step_input(self, z: Tensor, k: int, text: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -1,0 +1,79 @@
+"""Lightning callbacks: sample videos of the generator during training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+
+from avdm.models.vae import decode_latents
+from avdm.visualize import video_grid, write_mp4
+
+DEFAULT_PROMPTS = (
+    "a red ball moving left",
+    "a blue ball moving right",
+    "a green ball moving up",
+    "a yellow ball moving down",
+)
+
+
+class SampleVideos(L.Callback):
+    """Every ``every_n_steps`` generator steps, sample fixed prompts from fixed noise and write an mp4 grid.
+
+    The grid goes to ``<output_dir>/samples/step_<N>.mp4`` and, where the logger has a video panel
+    (Weights & Biases ``log_video``, TensorBoard ``add_video``), to the logger too.
+
+    Args:
+        output_dir: folder of the run.
+        every_n_steps: generator steps between samples (0: only at the end of training).
+        prompts: the prompt set; the same noise (``seed``) is used every time.
+        num_steps: generator steps to sample with (``None``: the full ladder).
+        fps: frame rate of the mp4.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        every_n_steps: int = 100,
+        prompts: Sequence[str] = DEFAULT_PROMPTS,
+        seed: int = 0,
+        num_steps: int | None = None,
+        fps: int = 8,
+    ) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"callbacks.samples.every_n_steps must be >= 0, got {every_n_steps}")
+        if not prompts:
+            raise ValueError("callbacks.samples.prompts must not be empty")
+        self.output_dir, self.every_n_steps = Path(output_dir), every_n_steps
+        self.prompts, self.seed, self.num_steps, self.fps = list(prompts), seed, num_steps, fps
+        self.written: list[Path] = []
+        self._last_step = -1
+
+    def _write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        step = int(module.generator_steps)
+        if step == self._last_step or module.vae is None:
+            return
+        self._last_step = step
+        was_training = module.training
+        module.eval()
+        latents = module.sample(self.prompts, seed=self.seed, num_steps=self.num_steps)
+        pixels = decode_latents(module.vae, latents).cpu()
+        module.train(was_training)
+        if trainer.global_rank != 0:
+            return
+        grid = video_grid(pixels)
+        self.written.append(write_mp4(self.output_dir / "samples" / f"step_{step:06d}.mp4", grid, self.fps))
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_video"):
+                logger.log_video("samples", [grid.permute(0, 3, 1, 2).numpy()], step=step, fps=[self.fps])
+            elif hasattr(getattr(logger, "experiment", None), "add_video"):
+                logger.experiment.add_video("samples", grid.permute(0, 3, 1, 2)[None], step, fps=self.fps)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
+        step = int(module.generator_steps)
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
+            self._write(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._write(trainer, module)
