@@ -28,6 +28,16 @@ _TO_2D_BLOCK = {
     "UpBlockMotion": "UpBlock2D",
 }
 
+# The scheduler of SD1.5 pipelines (scheduler/scheduler_config.json), used for tiny teachers.
+SD15_SCHEDULER = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
 DEFAULT_TINY_WORDS = (
     "a an the red green blue yellow white black purple orange circle square triangle ball box "
     "moving left right up down towards away static bouncing spinning on in of and with background"
@@ -182,7 +192,7 @@ def build_animatediff(
         motion = tiny_motion_unet(**sizes.get("unet", {}))
         vae = tiny_vae(**sizes.get("vae", {}))
         prompt_encoder = tiny_prompt_encoder(**sizes.get("text", {}))
-        scheduler_config = dict(DDIMScheduler().config)
+        scheduler_config = dict(DDIMScheduler(**SD15_SCHEDULER).config)
         sources = {"teacher": f"tiny (random init, seed {seed})"}
         if image_teacher != "shared":
             raise ValueError("model.image_teacher must be 'shared' for tiny models")
