@@ -64,7 +64,7 @@ class DistillationModule(L.LightningModule):
             (paper: motion modules 2e-5, the spatial UNet 4e-6).
         critic_lr: learning rate of every plugin critic (paper: 2e-5).
         betas, weight_decay: AdamW settings of all optimizers.
-        warmup_steps: linear LR warm-up, in steps of each optimizer (paper: 500).
+        warmup_steps: linear LR warm-up of every optimizer, in generator steps (paper: 500).
         grad_clip_norm: max gradient norm per update (``None``: no clipping).
         max_consecutive_nonfinite: stop after this many iterations in a row whose loss is NaN/inf.
         seed: base seed of the per-iteration randomness.
@@ -114,6 +114,7 @@ class DistillationModule(L.LightningModule):
         if self.generator_ema is not None:
             self.generator_ema.requires_grad_(False)
         self.losses = nn.ModuleDict(dict(losses))
+        self.needs_sample = any(plugin.needs_generator_sample for plugin in self.losses.values())
         for plugin in self.losses.values():
             plugin.bind(self.teachers)
         self.latent_shape = tuple(models.latent_shape)
@@ -158,8 +159,10 @@ class DistillationModule(L.LightningModule):
             optimizers.append(
                 adamw(params, lr=self.critic_lr, betas=self.betas, weight_decay=self.weight_decay)
             )
+        # Warm-up lengths are in generator steps: critics step critic_every times per generator step.
+        lengths = [self.warmup_steps] + [self.warmup_steps * self.critic_every] * (len(optimizers) - 1)
         schedulers = [
-            {"scheduler": linear_warmup(opt, self.warmup_steps), "interval": "step"} for opt in optimizers
+            {"scheduler": linear_warmup(opt, n), "interval": "step"} for opt, n in zip(optimizers, lengths)
         ]
         return optimizers, schedulers
 
@@ -229,7 +232,7 @@ class DistillationModule(L.LightningModule):
         text, uncond = self.encode_text(batch)
         z = torch.randn((text.shape[0], *self.latent_shape), device=self.device)
 
-        def context(x0: Tensor) -> StepContext:
+        def context(x0: Tensor | None) -> StepContext:
             return StepContext(
                 x0, text, batch, self.teachers, self.generator, uncond, int(self.generator_steps)
             )
@@ -237,7 +240,7 @@ class DistillationModule(L.LightningModule):
         x0_fake: Tensor | None = None
         if int(self.iterations) % self.critic_every == self.critic_every - 1:
             with self.toggled_optimizer(optimizers[0]):
-                x0_fake = self.generator.simulate(z, text, k).x0
+                x0_fake = self.generator.simulate(z, text, k).x0 if self.needs_sample else None
                 ctx = context(x0_fake)
                 outputs = {name: plugin.generator_loss(ctx) for name, plugin in self.losses.items()}
                 if self._check_finite({n: o.loss for n, o in outputs.items()}, "gen"):
@@ -251,10 +254,10 @@ class DistillationModule(L.LightningModule):
                     for name, out in outputs.items():
                         self.log_dict({f"gen/{name}/{key}": v for key, v in out.logs.items()})
                     self.log("gen/backward_simulation_k", float(k))
-            x0_fake = x0_fake.detach()
+            x0_fake = None if x0_fake is None else x0_fake.detach()
 
         if self.critic_plugins:
-            if x0_fake is None:
+            if x0_fake is None and self.needs_sample:
                 with torch.no_grad():
                     x0_fake = self.generator.simulate(z, text, k).x0
             ctx = context(x0_fake)
@@ -273,6 +276,10 @@ class DistillationModule(L.LightningModule):
                 "step/generator": self.generator_steps.float(),
                 "step/critic": self.critic_steps.float(),
                 "lr/generator": torch.tensor(schedulers[0].get_last_lr()[0]),
+                **{
+                    f"lr/{n}": torch.tensor(s.get_last_lr()[0])
+                    for n, s in zip(self.critic_plugins, schedulers[1:])
+                },
             }
         )
 

@@ -20,7 +20,7 @@ def video_grid(videos: Tensor, columns: int | None = None) -> Tensor:
     frames = ((videos.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
     for i in range(b):
         r, c = divmod(i, columns)
-        grid[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = frames[i]
+        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = frames[i]
     return grid
 
 

@@ -77,14 +77,17 @@ def test_max_steps_counts_generator_steps_and_teachers_stay_frozen(tiny_bundle, 
     assert not torch.equal(module.losses["probe"].critic.weight, critic_before)
     # Warm-up of 2 generator steps has ended: the LR is the configured one.
     assert trainer.optimizers[0].param_groups[0]["lr"] == 2e-5
+    # Critic warm-up is counted in generator steps too: 2 generator steps = 4 critic steps.
+    assert trainer.optimizers[1].param_groups[0]["lr"] == 2e-5
+    assert trainer.lr_scheduler_configs[1].scheduler.lr_lambdas[0](2) < 1.0
 
 
 def test_checkpoint_holds_trainable_weights_only_and_resume_is_exact(tiny_bundle, tmp_path):
     straight = _module(tiny_bundle)
-    _trainer(tmp_path / "a", max_steps=4).fit(straight, datamodule=_data(tiny_bundle))
+    _trainer(tmp_path / "a", max_steps=6).fit(straight, datamodule=_data(tiny_bundle))
 
     first = _module(tiny_bundle)
-    trainer = _trainer(tmp_path / "b", max_steps=2)
+    trainer = _trainer(tmp_path / "b", max_steps=3)
     trainer.fit(first, datamodule=_data(tiny_bundle))
     ckpt = tmp_path / "half.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -94,8 +97,8 @@ def test_checkpoint_holds_trainable_weights_only_and_resume_is_exact(tiny_bundle
     assert state["avdm_teacher_sources"]["image_teacher"].startswith("shared")
 
     resumed = _module(tiny_bundle)
-    _trainer(tmp_path / "c", max_steps=4).fit(resumed, datamodule=_data(tiny_bundle), ckpt_path=ckpt)
-    assert int(resumed.generator_steps) == 4 and int(resumed.iterations) == int(straight.iterations)
+    _trainer(tmp_path / "c", max_steps=6).fit(resumed, datamodule=_data(tiny_bundle), ckpt_path=ckpt)
+    assert int(resumed.generator_steps) == 6 and int(resumed.iterations) == int(straight.iterations)
     for (name, a), b in zip(straight.generator.named_parameters(), resumed.generator.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     torch.testing.assert_close(

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
@@ -52,7 +52,8 @@ class StepContext:
 
     Attributes:
         x0_fake: the generator's clean sample ``(B, C, F, H, W)``; carries gradient in the generator
-            phase and is detached in the critic phase.
+            phase and is detached in the critic phase. ``None`` when no plugin of the run reads it
+            (``needs_generator_sample``): the backward-simulation pass is then skipped.
         text: text embeddings of the prompts ``(B, L, D)``.
         uncond_text: text embeddings of the empty prompt ``(B, L, D)`` for classifier-free guidance.
         batch: the data batch: ``latents`` (real clips ``(B, C, F, H, W)``), SynVid trajectories, ...
@@ -61,7 +62,7 @@ class StepContext:
         generator_step: generator updates done so far (not ``trainer.global_step``).
     """
 
-    x0_fake: Tensor
+    x0_fake: Tensor | None
     text: Tensor
     batch: Mapping[str, Any]
     teachers: TeacherBank
@@ -72,16 +73,7 @@ class StepContext:
 
     def detached(self) -> StepContext:
         """The same context with ``x0_fake`` cut from the generator's graph (critic phase)."""
-        return StepContext(
-            self.x0_fake.detach(),
-            self.text,
-            self.batch,
-            self.teachers,
-            self.generator,
-            self.uncond_text,
-            self.generator_step,
-            self.extras,
-        )
+        return replace(self, x0_fake=None if self.x0_fake is None else self.x0_fake.detach())
 
 
 class DistillationLoss(nn.Module, abc.ABC):
@@ -90,6 +82,9 @@ class DistillationLoss(nn.Module, abc.ABC):
     Args:
         weight: lambda multiplying :meth:`generator_loss` in the generator's total loss (>= 0).
     """
+
+    #: Whether the plugin reads ``ctx.x0_fake``; trajectory losses run the student on their own inputs.
+    needs_generator_sample: ClassVar[bool] = True
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()

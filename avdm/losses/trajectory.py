@@ -86,6 +86,8 @@ class TrajectoryRegressionLoss(DistillationLoss):
         target: ``next`` (the following key point) or ``final`` (the trajectory's last point).
     """
 
+    needs_generator_sample = False
+
     def __init__(
         self, weight: float = 1.0, distance: str = "mse", huber_c: float = 1e-3, target: str = "next"
     ) -> None:
@@ -118,6 +120,8 @@ class TrajectoryGANLoss(FeatureGANLoss):
         loss_type, feature_layers, head_channels, head_layers, temporal_kernel, probe_shape, text_dim:
             see :class:`~avdm.losses.gan.FeatureGANLoss`.
     """
+
+    needs_generator_sample = False
 
     def __init__(
         self,
