@@ -1,0 +1,282 @@
+"""Wan-style flow-matching teachers (WanTransformer3DModel, AutoencoderKLWan, UMT5): pretrained or tiny.
+
+The teacher family of AccVideo-style distillation: one video transformer seen through
+:class:`~avdm.models.denoiser.VideoTransformerDenoiser` with a
+:class:`~avdm.models.schedules.FlowMatchingSchedule` (velocity prediction, timestep shift), and no 2D
+teacher. Its reference sampler is diffusers'
+``FlowMatchEulerDiscreteScheduler`` with the same shift (``bundle.scheduler_config``).
+
+Clip sizes: ``num_frames`` pixel frames map to ``(num_frames - 1) // temporal + 1`` latent frames
+(Wan's causal VAE: 81 frames -> 21 latents); ``resolution`` pixels map to ``resolution // spatial``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from torch import Tensor
+from transformers import AutoTokenizer, UMT5EncoderModel
+
+from avdm.models.animatediff import tiny_prompt_encoder
+from avdm.models.bundle import ModelBundle, PromptEncoder, load_pretrained, parse_dtype
+from avdm.models.denoiser import VideoTransformerDenoiser
+from avdm.models.schedules import FlowMatchingSchedule
+
+DEFAULT_TINY_SHIFT = 3.0
+
+
+class MaskedPromptEncoder(PromptEncoder):
+    """Wan's text conditioning: UMT5 ``last_hidden_state`` with padded positions set to zero.
+
+    Returns ``(B, max_length, D)``; the pipeline of Wan passes the attention mask to the encoder and
+    zeroes every position past each prompt's length, so the transformer sees the same tensors here.
+    """
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> Tensor:
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        device = self.text_encoder.device
+        ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+        hidden = self.text_encoder(ids, attention_mask=mask)[0]
+        return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+
+def tiny_wan_transformer(
+    patch_size: Sequence[int] = (1, 2, 2),
+    num_attention_heads: int = 2,
+    attention_head_dim: int = 8,
+    latent_channels: int = 4,
+    text_dim: int = 32,
+    freq_dim: int = 32,
+    ffn_dim: int = 32,
+    num_layers: int = 2,
+    rope_max_seq_len: int = 32,
+) -> WanTransformer3DModel:
+    """A small ``WanTransformer3DModel`` (same blocks as Wan2.1, a few thousand parameters per layer)."""
+    return WanTransformer3DModel(
+        patch_size=tuple(patch_size),
+        num_attention_heads=num_attention_heads,
+        attention_head_dim=attention_head_dim,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        text_dim=text_dim,
+        freq_dim=freq_dim,
+        ffn_dim=ffn_dim,
+        num_layers=num_layers,
+        rope_max_seq_len=rope_max_seq_len,
+    )
+
+
+def tiny_wan_vae(
+    base_dim: int = 8,
+    latent_channels: int = 4,
+    dim_mult: Sequence[int] = (1, 2),
+    num_res_blocks: int = 1,
+    temporal_downsample: Sequence[bool] = (False,),
+) -> AutoencoderKLWan:
+    """A small ``AutoencoderKLWan``: spatial factor ``2^(len(dim_mult) - 1)``, temporal
+    ``2^sum(temporal_downsample)``.
+
+    Like every Wan VAE it encodes ``1 + 4k`` pixel frames (causal chunks of 4); decoding takes any count.
+    """
+    if len(temporal_downsample) != len(dim_mult) - 1:
+        raise ValueError(
+            f"temporal_downsample needs len(dim_mult) - 1 = {len(dim_mult) - 1} entries, "
+            f"got {list(temporal_downsample)}"
+        )
+    return AutoencoderKLWan(
+        base_dim=base_dim,
+        z_dim=latent_channels,
+        dim_mult=list(dim_mult),
+        num_res_blocks=num_res_blocks,
+        temperal_downsample=list(temporal_downsample),
+        latents_mean=[0.0] * latent_channels,
+        latents_std=[1.0] * latent_channels,
+        scale_factor_temporal=2 ** sum(bool(d) for d in temporal_downsample),
+        scale_factor_spatial=2 ** (len(dim_mult) - 1),
+    )
+
+
+def vae_factors(vae: AutoencoderKLWan) -> tuple[int, int]:
+    """``(temporal, spatial)`` compression of a Wan VAE, read from its architecture."""
+    return 2 ** sum(bool(d) for d in vae.config.temperal_downsample), 2 ** (len(vae.config.dim_mult) - 1)
+
+
+def scheduler_shift(scheduler_config: dict[str, Any]) -> float:
+    """The timestep shift of a flow scheduler config: ``shift`` (FlowMatchEuler) or ``flow_shift`` (UniPC)."""
+    if scheduler_config.get("use_dynamic_shifting"):
+        raise ValueError(
+            "the teacher's scheduler uses dynamic (resolution-dependent) shifting; set model.shift explicitly"
+        )
+    for key in ("flow_shift", "shift"):
+        if scheduler_config.get(key) is not None:
+            return float(scheduler_config[key])
+    return 1.0
+
+
+def latent_shape(
+    channels: int,
+    num_frames: int,
+    resolution: int | Sequence[int],
+    vae: AutoencoderKLWan,
+    patch: Sequence[int],
+) -> tuple[int, int, int, int]:
+    """``(C, F, H, W)`` of one clip's latent; the sizes must fit the VAE factors and the patch size."""
+    temporal, spatial = vae_factors(vae)
+    height, width = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    if num_frames < 1 or (num_frames - 1) % temporal:
+        raise ValueError(
+            f"model.num_frames must be 1 + {temporal} k (the VAE's time factor), got {num_frames}"
+        )
+    frames = (num_frames - 1) // temporal + 1
+    step = spatial * patch[1]
+    if height % step or width % step:
+        raise ValueError(
+            f"model.resolution must be a multiple of {step} (VAE factor {spatial} x patch {patch[1]}), "
+            f"got {height}x{width}"
+        )
+    if frames % patch[0]:
+        raise ValueError(f"latent frames {frames} must be a multiple of the temporal patch {patch[0]}")
+    return channels, frames, height // spatial, width // spatial
+
+
+def _build_tiny(sizes: dict[str, Any], seed: int) -> tuple[Any, Any, PromptEncoder, dict[str, Any]]:
+    torch.manual_seed(seed)
+    text_sizes = dict(sizes.get("text", {}))
+    prompt_encoder = tiny_prompt_encoder(**text_sizes)
+    text_width = prompt_encoder.text_encoder.config.hidden_size
+    transformer_sizes = dict(sizes.get("transformer", {}))
+    if transformer_sizes.setdefault("text_dim", text_width) != text_width:
+        raise ValueError(
+            f"model.tiny.transformer.text_dim={transformer_sizes['text_dim']} must equal the text "
+            f"encoder's width model.tiny.text.hidden_size={text_width}"
+        )
+    transformer = tiny_wan_transformer(**transformer_sizes)
+    vae_sizes = dict(sizes.get("vae", {}))
+    vae_sizes.setdefault("latent_channels", transformer.config.in_channels)
+    vae = tiny_wan_vae(**vae_sizes)
+    scheduler_config = dict(FlowMatchEulerDiscreteScheduler(shift=DEFAULT_TINY_SHIFT).config)
+    return transformer, vae, prompt_encoder, scheduler_config
+
+
+def _build_pretrained(p: dict[str, Any]) -> tuple[Any, Any, PromptEncoder, dict[str, Any], dict[str, str]]:
+    base = p.get("base_model")
+    if not base:
+        raise ValueError("model.pretrained.base_model must name a hub id or local folder")
+    dtype = parse_dtype(p.get("dtype", "float32"))
+    local = bool(p.get("local_files_only", False))
+    key = "model.pretrained.base_model"
+    transformer = load_pretrained(
+        "the Wan transformer",
+        key,
+        WanTransformer3DModel.from_pretrained,
+        base,
+        subfolder="transformer",
+        torch_dtype=dtype,
+        local_files_only=local,
+    )
+    vae_src = p.get("vae") or base
+    vae = load_pretrained(
+        "the Wan VAE",
+        "model.pretrained.vae" if p.get("vae") else key,
+        AutoencoderKLWan.from_pretrained,
+        vae_src,
+        subfolder=None if p.get("vae") else "vae",
+        # Wan's VAE is numerically fragile in half precision; its pipeline keeps it in fp32.
+        torch_dtype=parse_dtype(p.get("vae_dtype", "float32")),
+        local_files_only=local,
+    )
+    tokenizer = load_pretrained(
+        "the tokenizer",
+        key,
+        AutoTokenizer.from_pretrained,
+        base,
+        subfolder="tokenizer",
+        local_files_only=local,
+    )
+    text_encoder = load_pretrained(
+        "the UMT5 text encoder",
+        key,
+        UMT5EncoderModel.from_pretrained,
+        base,
+        subfolder="text_encoder",
+        torch_dtype=parse_dtype(p.get("text_encoder_dtype") or p.get("dtype", "float32")),
+        local_files_only=local,
+    )
+    max_length = int(p.get("max_text_length", 512))
+    prompt_encoder = MaskedPromptEncoder(tokenizer, text_encoder, max_length=max_length)
+    scheduler_config = dict(
+        load_pretrained(
+            "the scheduler config",
+            key,
+            FlowMatchEulerDiscreteScheduler.load_config,
+            base,
+            subfolder="scheduler",
+            local_files_only=local,
+        )
+    )
+    return transformer, vae, prompt_encoder, scheduler_config, {"teacher": base, "vae": vae_src}
+
+
+def build_wan(
+    source: str = "tiny",
+    pretrained: dict[str, Any] | None = None,
+    tiny: dict[str, Any] | None = None,
+    shift: float | None = None,
+    num_frames: int = 81,
+    resolution: int | Sequence[int] = (480, 832),
+    seed: int = 0,
+) -> ModelBundle:
+    """Build a Wan-style flow-matching teacher family.
+
+    Args:
+        source: ``pretrained`` (a diffusers Wan folder or hub id: subfolders ``transformer``, ``vae``,
+            ``text_encoder``, ``tokenizer``, ``scheduler``) or ``tiny`` (random weights, sizes under
+            ``tiny``).
+        pretrained: ``base_model``; optional ``vae`` (a separate folder), ``dtype`` (the transformer),
+            ``text_encoder_dtype`` (default: ``dtype``), ``vae_dtype`` (default float32),
+            ``max_text_length`` (default 512, Wan's), ``local_files_only``.
+        tiny: keyword sizes for :func:`tiny_wan_transformer` (``transformer``), :func:`tiny_wan_vae` (``vae``)
+            and :func:`~avdm.models.animatediff.tiny_prompt_encoder` (``text``); the transformer's
+            ``text_dim`` follows the text encoder's width.
+        shift: the flow timestep shift of the teacher's schedule and sampler; ``None`` reads it from the
+            teacher's scheduler config (``flow_shift`` / ``shift``; tiny: 3.0).
+        num_frames: pixel frames per clip (``1 + 4k`` for Wan's VAE; tiny VAEs may have time factor 1).
+        resolution: pixels, ``H = W`` or ``[H, W]``; a multiple of VAE factor x patch size.
+        seed: initialization seed of tiny models.
+
+    Returns:
+        A :class:`ModelBundle` with ``image_teacher=None`` and a ``FlowMatchEulerDiscreteScheduler``
+        ``scheduler_config`` whose ``shift`` equals the teacher schedule's.
+    """
+    if source == "tiny":
+        transformer, vae, prompt_encoder, loaded_scheduler = _build_tiny(dict(tiny or {}), seed)
+        sources = {"teacher": f"tiny (random init, seed {seed})"}
+    elif source == "pretrained":
+        built = _build_pretrained(dict(pretrained or {}))
+        transformer, vae, prompt_encoder, loaded_scheduler, sources = built
+    else:
+        raise ValueError(f"model.source must be 'pretrained' or 'tiny', got {source!r}")
+    shift = scheduler_shift(loaded_scheduler) if shift is None else float(shift)
+    num_train_timesteps = int(loaded_scheduler.get("num_train_timesteps", 1000))
+    scheduler_config = dict(
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift).config
+    )
+    schedule = FlowMatchingSchedule(shift=shift, num_train_timesteps=num_train_timesteps)
+    video = VideoTransformerDenoiser(transformer, schedule)
+    sources["image_teacher"] = "none (Wan has no 2D teacher)"
+    shape = latent_shape(
+        transformer.config.in_channels, num_frames, resolution, vae, transformer.config.patch_size
+    )
+    return ModelBundle(video, None, prompt_encoder, vae, scheduler_config, sources, shape)
