@@ -13,3 +13,13 @@ class MissingWeightsError(AvdmUserError):
 
 class ConfigError(AvdmUserError, ValueError):
     """A config value is out of range or unknown; the message names the key and what is accepted."""
+
+
+def find_user_error(err: BaseException | None) -> AvdmUserError | None:
+    """The :class:`AvdmUserError` behind ``err`` (Hydra's ``instantiate`` wraps what targets raise)."""
+    while err is not None:
+        if isinstance(err, AvdmUserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+

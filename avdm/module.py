@@ -58,6 +58,7 @@ class DistillationModule(L.LightningModule):
             trainable copy of ``models.video_teacher``.
         losses: named plugins, e.g. ``{"sdm": FrameSDMLoss(...), "gan": DenoisingGANLoss(...)}``.
         generator_timesteps: the generator's sampling ladder in the teacher's timestep units.
+        generator_renoise: ``fresh`` or ``deterministic`` re-noising between generator steps.
         backward_simulation: train on a random step of the ladder (True) or only the first (False).
         critic_steps_per_generator_step: critic updates per generator update (paper: 2).
         generator_param_groups: ``[{pattern, lr, ...}]`` by parameter name, first match wins
@@ -77,6 +78,7 @@ class DistillationModule(L.LightningModule):
         models: ModelBundle,
         losses: Mapping[str, DistillationLoss],
         generator_timesteps: Sequence[float] = (999, 749, 499, 249),
+        generator_renoise: str = "fresh",
         backward_simulation: bool = True,
         critic_steps_per_generator_step: int = 2,
         generator_param_groups: Sequence[Mapping[str, Any]] = ({"pattern": ".*", "lr": 2e-5},),
@@ -103,7 +105,9 @@ class DistillationModule(L.LightningModule):
         for frozen in (self.teachers, self.prompt_encoder, self.vae):
             if frozen is not None:
                 freeze_(frozen)
-        self.generator = FewStepGenerator(trainable_copy(models.video_teacher), generator_timesteps)
+        self.generator = FewStepGenerator(
+            trainable_copy(models.video_teacher), generator_timesteps, generator_renoise
+        )
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"module.ema_decay must be in (0, 1) or null, got {ema_decay}")
         self.generator_ema = (

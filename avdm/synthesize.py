@@ -15,7 +15,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from avdm.train import CONFIG_DIR, _user_error
+from avdm.errors import find_user_error
+from avdm.train import CONFIG_DIR
 
 log = logging.getLogger("avdm.synthesize")
 
@@ -60,7 +61,7 @@ def main(cfg: DictConfig) -> None:
     try:
         synthesize(cfg)
     except Exception as err:
-        user_error = _user_error(err)
+        user_error = find_user_error(err)
         if user_error is None:
             raise
         print(f"avdm: error: {user_error}", file=sys.stderr)

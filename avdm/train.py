@@ -16,7 +16,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from avdm.errors import AvdmUserError
+from avdm.errors import find_user_error
 
 log = logging.getLogger("avdm.train")
 # conf/ ships inside the wheel as avdm/conf; in a source checkout it sits beside the package.
@@ -58,20 +58,11 @@ def main(cfg: DictConfig) -> None:
     try:
         fit(cfg)
     except Exception as err:
-        user_error = _user_error(err)
+        user_error = find_user_error(err)
         if user_error is None:
             raise
         print(f"avdm: error: {user_error}", file=sys.stderr)
         sys.exit(2)
-
-
-def _user_error(err: BaseException | None) -> AvdmUserError | None:
-    """The :class:`AvdmUserError` behind ``err`` (Hydra's ``instantiate`` wraps what targets raise)."""
-    while err is not None:
-        if isinstance(err, AvdmUserError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
 
 
 if __name__ == "__main__":

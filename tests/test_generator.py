@@ -140,3 +140,16 @@ def test_cfg_conventions_agree_and_batch_cond_and_uncond():
         7.5,
     )
     assert den.calls == 1  # conditional and unconditional in one forward
+
+
+def test_deterministic_renoising_is_the_ddim_step_and_needs_no_rng():
+    target = torch.randn(1, 2, 2, 3, 3)
+    den = PointMassDenoiser(target, FlowMatchingSchedule())
+    gen = FewStepGenerator(den, (1000, 500), renoise="deterministic")
+    z, text = torch.randn(2, 2, 2, 3, 3), torch.zeros(2, 1, 1)
+    x_half = gen.step_input(z, 1, text)
+    # Flow matching, exact denoiser: x_0.5 = 0.5 x0 + 0.5 eps_hat with eps_hat = z (the point mass's noise).
+    torch.testing.assert_close(x_half, 0.5 * target.expand_as(z) + 0.5 * z)
+    torch.testing.assert_close(gen.step_input(z, 1, text), x_half)
+    with pytest.raises(ValueError, match="renoise"):
+        FewStepGenerator(den, (1000, 500), renoise="sde")

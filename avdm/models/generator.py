@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from avdm.models.denoiser import Denoiser
 
+RENOISE = ("fresh", "deterministic")
+
 
 @dataclass
 class SimulationResult:
@@ -39,10 +41,18 @@ class FewStepGenerator(nn.Module):
         denoiser: the trainable network (usually initialized from the video teacher).
         timesteps: the ladder in the network's own timestep units, high to low
             (DDPM default ``999, 749, 499, 249``; a flow model uses ``t * T``).
+        renoise: between steps, ``fresh`` noise (DMD2 / AVDM2 backward simulation) or the
+            ``deterministic`` DDIM / Euler step with the predicted noise (AccVideo's students, which
+            learn deterministic steps between trajectory key points).
     """
 
-    def __init__(self, denoiser: Denoiser, timesteps: Sequence[float] = (999, 749, 499, 249)) -> None:
+    def __init__(
+        self, denoiser: Denoiser, timesteps: Sequence[float] = (999, 749, 499, 249), renoise: str = "fresh"
+    ) -> None:
         super().__init__()
+        if renoise not in RENOISE:
+            raise ValueError(f"generator renoise must be one of {RENOISE}, got {renoise!r}")
+        self.renoise = renoise
         if (
             len(timesteps) < 1
             or list(timesteps) != sorted(timesteps, reverse=True)
@@ -80,10 +90,16 @@ class FewStepGenerator(nn.Module):
         The first step's input is ``z`` itself (``z_T ~ N(0, I)``).
         """
         x_t = z
+        schedule = self.denoiser.schedule
         with torch.no_grad():
             for j in range(k):
-                x0 = self.denoiser.x0(x_t, self._t(j, z.shape[0]), text)
-                x_t = self._renoise(x0, j + 1, generator)
+                t = self._t(j, z.shape[0])
+                pred = self.denoiser(x_t, t, text)
+                x0 = schedule.to_x0(pred, x_t, t)
+                if self.renoise == "fresh":
+                    x_t = self._renoise(x0, j + 1, generator)
+                else:  # DDIM (eta = 0) / Euler step: re-noise with the predicted noise
+                    x_t = schedule.add_noise(x0, schedule.to_eps(pred, x_t, t), self._t(j + 1, z.shape[0]))
         return x_t
 
     def simulate(
