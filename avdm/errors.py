@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 class AvdmUserError(Exception):
     """A problem the user fixes in their config or files; its message is the whole report."""
@@ -23,3 +30,19 @@ def find_user_error(err: BaseException | None) -> AvdmUserError | None:
         err = err.__cause__ or err.__context__
     return None
 
+
+def report_user_errors(fn: F) -> F:
+    """Decorate a CLI entry: a user error ends the program with one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            user_error = find_user_error(err)
+            if user_error is None:
+                raise
+            print(f"avdm: error: {user_error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]

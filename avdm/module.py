@@ -287,6 +287,13 @@ class DistillationModule(L.LightningModule):
             }
         )
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log the data module's count of skipped or repaired videos, per reason (this rank's files)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "bad_video_counts"):
+            counts = datamodule.bad_video_counts()
+            self.log_dict({f"data/bad_videos/{reason}": float(n) for reason, n in counts.items()})
+
     # --- sampling --------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(

@@ -8,14 +8,13 @@ end the run with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from avdm.errors import find_user_error
+from avdm.errors import report_user_errors
 from avdm.train import CONFIG_DIR
 
 log = logging.getLogger("avdm.synthesize")
@@ -57,15 +56,9 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="synthesize")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        synthesize(cfg)
-    except Exception as err:
-        user_error = find_user_error(err)
-        if user_error is None:
-            raise
-        print(f"avdm: error: {user_error}", file=sys.stderr)
-        sys.exit(2)
+    synthesize(cfg)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from avdm.errors import find_user_error
+from avdm.errors import report_user_errors
 
 log = logging.getLogger("avdm.train")
 # conf/ ships inside the wheel as avdm/conf; in a source checkout it sits beside the package.
@@ -54,15 +53,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        fit(cfg)
-    except Exception as err:
-        user_error = find_user_error(err)
-        if user_error is None:
-            raise
-        print(f"avdm: error: {user_error}", file=sys.stderr)
-        sys.exit(2)
+    fit(cfg)
 
 
 if __name__ == "__main__":

@@ -11,20 +11,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from conftest import TINY_UNET  # noqa: E402  (this script's folder is on sys.path)
 
 from avdm.data import SyntheticLatentDataModule  # noqa: E402
 from avdm.losses import DenoisingGANLoss, FrameSDMLoss  # noqa: E402
 from avdm.models.animatediff import build_animatediff  # noqa: E402
 from avdm.module import FROZEN_PREFIXES, DistillationModule  # noqa: E402
-
-TINY_UNET = {
-    "block_out_channels": [32, 64, 64],
-    "layers_per_block": 1,
-    "cross_attention_dim": 32,
-    "attention_heads": 2,
-    "motion_attention_heads": 2,
-    "norm_num_groups": 8,
-}
 
 
 class RecordBatches(L.Callback):

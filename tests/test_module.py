@@ -187,3 +187,20 @@ def test_pixel_batches_are_encoded_with_the_teacher_vae(tiny_bundle):
     c, f, h, w = tiny_bundle.latent_shape
     batch = module.with_latents({"pixels": torch.rand(2, 3, f, 2 * h, 2 * w) * 2 - 1, "captions": ["a", "b"]})
     assert batch["latents"].shape == (2, c, f, h, w)
+
+
+def test_bad_video_counts_of_the_data_module_reach_the_logs(tiny_bundle, tmp_path):
+    class CountingData(SyntheticLatentDataModule):
+        def bad_video_counts(self) -> dict[str, int]:
+            return {"corrupt": 2, "too_short": 0}
+
+    module = DistillationModule(
+        tiny_bundle,
+        {"denoising": DenoisingLoss()},
+        generator_timesteps=(999, 499),
+        critic_steps_per_generator_step=1,
+    )
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=CountingData(tiny_bundle.latent_shape, num_samples=4, batch_size=1))
+    assert trainer.callback_metrics["data/bad_videos/corrupt"] == 2
+    assert trainer.callback_metrics["data/bad_videos/too_short"] == 0

@@ -1,5 +1,29 @@
-"""Data modules: synthetic latent clips now; OpenVid streaming and SynVid trajectories follow."""
+"""Data modules: OpenVid clips (CSV + mp4 folder, or tar shards), SynVid trajectories, synthetic latents.
 
-from avdm.data.synthetic_latents import SyntheticLatentDataModule, SyntheticLatentDataset
+Names are imported on first use, so light tools (``python -m avdm.data.check``) do not pay for Lightning.
+"""
 
-__all__ = ["SyntheticLatentDataModule", "SyntheticLatentDataset"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "SyntheticLatentDataModule": "avdm.data.synthetic_latents",
+    "SyntheticLatentDataset": "avdm.data.synthetic_latents",
+    "OpenVidDataModule": "avdm.data.openvid",
+    "OpenVidDataset": "avdm.data.openvid",
+    "OpenVidShardDataset": "avdm.data.openvid",
+    "SynVidDataModule": "avdm.data.synvid",
+    "SynVidDataset": "avdm.data.synvid",
+    "ResumableDataLoader": "avdm.data.resumable",
+    "BadVideoError": "avdm.data.video_io",
+    "read_clip": "avdm.data.video_io",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'avdm.data' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

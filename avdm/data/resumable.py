@@ -55,6 +55,31 @@ class ResumableDataLoader(DataLoader):
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, **kwargs)
         self._epoch, self._yielded = 0, 0
 
+    @classmethod
+    def for_trainer(
+        cls,
+        dataset: Dataset,
+        trainer: Any,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        **kwargs: Any,
+    ) -> ResumableDataLoader:
+        """This rank's loader in ``trainer``'s data-parallel world (one process when ``trainer`` is None)."""
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return cls(
+            dataset,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            num_replicas=world,
+            rank=rank,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            **kwargs,
+        )
+
     def __iter__(self) -> Iterator[Any]:
         sampler: ResumableDistributedSampler = self.sampler  # type: ignore[assignment]
         # The loader keeps its own epoch: Lightning's set_epoch counts an epoch cut short by max_steps

@@ -84,13 +84,6 @@ class SyntheticLatentDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 
     def train_dataloader(self) -> ResumableDataLoader:
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        return ResumableDataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            num_replicas=world,
-            rank=rank,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        return ResumableDataLoader.for_trainer(
+            self.dataset, self.trainer, self.batch_size, self.seed, num_workers=self.num_workers
         )

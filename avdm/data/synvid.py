@@ -499,13 +499,6 @@ class SynVidDataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> ResumableDataLoader:
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        return ResumableDataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            num_replicas=world,
-            rank=rank,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        return ResumableDataLoader.for_trainer(
+            self.dataset, self.trainer, self.batch_size, self.seed, num_workers=self.num_workers
         )
