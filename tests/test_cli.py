@@ -46,6 +46,8 @@ def test_every_experiment_composes_and_validates(experiment):
 def test_paper_experiment_carries_the_paper_settings():
     cfg = _compose("+experiment=avdm2_animatediff")
     assert cfg.model.num_frames == 16 and cfg.model.resolution == 512
+    assert (cfg.data.num_frames, cfg.data.stride, cfg.data.resolution, cfg.data.batch_size) == (16, 4, 512, 2)
+    assert cfg.data._target_ == "avdm.data.openvid.OpenVidDataModule"
     assert cfg.model.pretrained.motion_adapter.startswith("guoyww/animatediff-motion-adapter-v1-5")
     assert [g.lr for g in cfg.module.generator_param_groups] == [2e-5, 4e-6]
     assert cfg.module.critic_lr == 2e-5 and cfg.module.warmup_steps == 500
