@@ -154,3 +154,18 @@ def test_experiments_select_their_plugins(experiment, targets):
     cfg = _compose(f"+experiment={experiment}")
     assert {name: node._target_.rsplit(".", 1)[1] for name, node in cfg.loss.items()} == targets
     assert cfg.model.source == "pretrained" and cfg.trainer.strategy == "ddp_find_unused_parameters_true"
+
+
+def test_slurm_launcher_config_composes():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "paths.output_dir=/tmp/avdm-compose",
+                "+experiment=avdm2_animatediff",
+                "hydra/launcher=slurm",
+            ],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == cfg.hydra.launcher.tasks_per_node == 8
