@@ -1,4 +1,5 @@
-"""Data modules: OpenVid clips (CSV + mp4 folder, or tar shards), SynVid trajectories, synthetic latents.
+"""Data modules: OpenVid clips (CSV + mp4 folder, or tar shards), cached latents, SynVid trajectories,
+synthetic latents.
 
 Names are imported on first use, so light tools (``python -m avdm.data.check``) do not pay for Lightning.
 """
@@ -14,6 +15,8 @@ _EXPORTS = {
     "OpenVidDataModule": "avdm.data.openvid",
     "OpenVidDataset": "avdm.data.openvid",
     "OpenVidShardDataset": "avdm.data.openvid",
+    "LatentCacheDataModule": "avdm.data.latent_cache",
+    "LatentCacheDataset": "avdm.data.latent_cache",
     "SynVidDataModule": "avdm.data.synvid",
     "SynVidDataset": "avdm.data.synvid",
     "ResumableDataLoader": "avdm.data.resumable",

@@ -164,6 +164,10 @@ class OpenVidDataset(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
+    def bad_reason(self, index: int) -> str | None:
+        """Why item ``index``'s own video was unusable (once the item has been read), else ``None``."""
+        return self._known_bad.get(index)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         g = torch.Generator().manual_seed(_seed(self.seed, index))
         reports: list[Report] = []
