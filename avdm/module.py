@@ -195,9 +195,12 @@ class DistillationModule(L.LightningModule):
         return shared, k
 
     def _check_finite(self, terms: Mapping[str, Tensor], phase: str) -> bool:
+        """Whether every rank's ``terms`` are finite; all ranks agree, so they skip or step together."""
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        if not bad:
+        finite = torch.tensor(0.0 if bad else 1.0, device=self.device)
+        if float(self.trainer.strategy.reduce(finite, reduce_op="min")) == 1.0:
             return True
+        bad = bad or ["(on another rank)"]
         self.nonfinite_skips += 1
         self.consecutive_nonfinite += 1
         self.log(f"{phase}/nonfinite_skips", self.nonfinite_skips.float())
@@ -265,14 +268,16 @@ class DistillationModule(L.LightningModule):
                 with torch.no_grad():
                     x0_fake = self.generator.simulate(z, text, k).x0
             ctx = context(x0_fake)
+            # One critic at a time: each graph is freed by its backward before the next is built.
             with _no_grad_params(self.generator):
-                outputs = {name: self.losses[name].critic_loss(ctx) for name in self.critic_plugins}
-                if self._check_finite({n: o.loss for n, o in outputs.items()}, "critic"):
-                    for i, name in enumerate(self.critic_plugins, start=1):
-                        self._update(
-                            optimizers[i], schedulers[i], outputs[name].loss, counted=False, name=name
-                        )
-                        self.log_dict({f"critic/{name}/{key}": v for key, v in outputs[name].logs.items()})
+                stepped = False
+                for i, name in enumerate(self.critic_plugins, start=1):
+                    out = self.losses[name].critic_loss(ctx)
+                    if self._check_finite({name: out.loss}, "critic"):
+                        self._update(optimizers[i], schedulers[i], out.loss, counted=False, name=name)
+                        self.log_dict({f"critic/{name}/{key}": v for key, v in out.logs.items()})
+                        stepped = True
+                if stepped:
                     self.critic_steps += 1
         self.iterations += 1
         self.log_dict(

@@ -47,8 +47,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         nonfinite_skips=int(module.nonfinite_skips),
     )
     out = Path(cfg.paths.output_dir)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    log.info("Outputs in %s (checkpoints/, csv/metrics.csv, metrics.json)", out)
+    if trainer.is_global_zero:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        log.info("Outputs in %s (checkpoints/, csv/metrics.csv, metrics.json)", out)
     return metrics
 
 

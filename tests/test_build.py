@@ -60,3 +60,27 @@ def test_bad_model_arguments():
         build_animatediff(source="huggingface")
     with pytest.raises(ValueError, match="model.resolution"):
         build_animatediff(source="tiny", resolution=33)
+
+
+def test_reference_sampling_config_follows_the_video_schedule():
+    bundle = build_animatediff(
+        source="tiny",
+        num_frames=2,
+        resolution=16,
+        tiny={"unet": {"block_out_channels": [16, 32], "norm_num_groups": 8}},
+        video_schedule={"beta_schedule": "linear"},
+    )
+    assert bundle.scheduler_config["beta_schedule"] == "linear"
+    assert bundle.video_teacher.schedule.beta_schedule == "linear"
+    assert bundle.image_teacher.schedule.beta_schedule == "scaled_linear"
+
+
+def test_vae_encoding_in_chunks_equals_one_pass(tiny_bundle):
+    import torch
+
+    from avdm.models.vae import encode_pixels
+
+    pixels = torch.rand(2, 3, 4, 32, 32) * 2 - 1
+    one = encode_pixels(tiny_bundle.vae, pixels, sample=False, chunk=64)
+    torch.testing.assert_close(encode_pixels(tiny_bundle.vae, pixels, sample=False, chunk=3), one)
+    assert one.shape == (2, 4, 4, 16, 16)

@@ -153,3 +153,11 @@ def test_deterministic_renoising_is_the_ddim_step_and_needs_no_rng():
     torch.testing.assert_close(gen.step_input(z, 1, text), x_half)
     with pytest.raises(ValueError, match="renoise"):
         FewStepGenerator(den, (1000, 500), renoise="sde")
+
+
+def test_timestep_ladder_survives_a_bf16_cast():
+    den = PointMassDenoiser(torch.ones(1, 2, 1, 1, 1), DDPMSchedule())
+    gen = FewStepGenerator(den, (999, 749, 499, 249)).to(torch.bfloat16)
+    t = gen._t(2, 3)
+    assert t.dtype == torch.float32 and torch.equal(t, torch.full((3,), 499 / 999))
+    assert torch.equal(den.schedule.timestep(t), torch.full((3,), 499))

@@ -204,3 +204,8 @@ def test_bad_video_counts_of_the_data_module_reach_the_logs(tiny_bundle, tmp_pat
     trainer.fit(module, datamodule=CountingData(tiny_bundle.latent_shape, num_samples=4, batch_size=1))
     assert trainer.callback_metrics["data/bad_videos/corrupt"] == 2
     assert trainer.callback_metrics["data/bad_videos/too_short"] == 0
+
+
+def test_plain_denoising_runs_no_generator_sample(tiny_bundle):
+    assert not DistillationModule(tiny_bundle, {"denoising": DenoisingLoss()}).needs_sample
+    assert _module(tiny_bundle).needs_sample  # the probe critic reads x0_fake

@@ -19,6 +19,8 @@ class DenoisingLoss(DistillationLoss):
         min_snr_gamma: gamma of min-SNR weighting.
     """
 
+    needs_generator_sample = False
+
     def __init__(
         self,
         weight: float = 1.0,

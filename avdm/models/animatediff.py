@@ -279,9 +279,12 @@ def build_animatediff(
             UNet2DConditionModel.from_pretrained,
             image_teacher,
             subfolder="unet",
+            **common,
         )
         sources["image_teacher"] = image_teacher
     image = FrameUNetDenoiser(image_unet, _schedule(scheduler_config, image_schedule))
+    # Reference sampling of the video teacher uses the video schedule (AnimateDiff: linear betas).
+    scheduler_config = {**scheduler_config, **(video_schedule or {})}
 
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     if resolution % scale:

@@ -66,18 +66,16 @@ class FewStepGenerator(nn.Module):
             raise ValueError(f"generator.timesteps must lie in [0, {T}], got {list(timesteps)}")
         self.denoiser = denoiser
         self.timesteps = [float(s) for s in timesteps]
-        self.register_buffer(
-            "t_ladder",
-            torch.stack([denoiser.schedule.t_from_timestep(s) for s in self.timesteps]),
-            persistent=False,
-        )
+        # Plain floats, not a buffer: casting the module to bf16 must not move the ladder (499/999 -> 0.5).
+        self.t_values = [float(denoiser.schedule.t_from_timestep(s)) for s in self.timesteps]
 
     @property
     def num_steps(self) -> int:
         return len(self.timesteps)
 
     def _t(self, k: int, batch: int) -> Tensor:
-        return self.t_ladder[k].expand(batch)
+        device = next(self.denoiser.parameters()).device
+        return torch.full((batch,), self.t_values[k], dtype=torch.float32, device=device)
 
     def _renoise(self, x0: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
         device = generator.device if generator is not None else x0.device

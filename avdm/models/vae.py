@@ -28,16 +28,20 @@ def _scaling(vae: nn.Module) -> float:
 
 
 @torch.no_grad()
-def encode_pixels(vae: nn.Module, pixels: Tensor, sample: bool = True) -> Tensor:
-    """``(B, 3, F, H, W)`` pixels in [-1, 1] -> latents ``(B, C, F', H/s, W/s)`` in the teacher's scale."""
+def encode_pixels(vae: nn.Module, pixels: Tensor, sample: bool = True, chunk: int = 8) -> Tensor:
+    """``(B, 3, F, H, W)`` pixels in [-1, 1] -> latents ``(B, C, F', H/s, W/s)`` in the teacher's scale;
+    image VAEs encode ``chunk`` frames per call."""
     dtype = next(vae.parameters()).dtype
     if (stats := _video_stats(vae, pixels)) is not None:
         dist = vae.encode(pixels.to(dtype)).latent_dist
         latents = (dist.sample() if sample else dist.mode()).float()
         return (latents - stats[0]) / stats[1]
     b = pixels.shape[0]
-    dist = vae.encode(rearrange(pixels, "b c f h w -> (b f) c h w").to(dtype)).latent_dist
-    latents = (dist.sample() if sample else dist.mode()).float() * _scaling(vae)
+    parts = []
+    for frames in rearrange(pixels, "b c f h w -> (b f) c h w").to(dtype).split(chunk):
+        dist = vae.encode(frames).latent_dist
+        parts.append(dist.sample() if sample else dist.mode())
+    latents = torch.cat(parts).float() * _scaling(vae)
     return rearrange(latents, "(b f) c h w -> b c f h w", b=b)
 
 
