@@ -20,6 +20,7 @@ _EXPORTS = {
     "SynVidDataModule": "avdm.data.synvid",
     "SynVidDataset": "avdm.data.synvid",
     "ResumableDataLoader": "avdm.data.resumable",
+    "write_shapes_dataset": "avdm.data.shapes",
     "BadVideoError": "avdm.data.video_io",
     "read_clip": "avdm.data.video_io",
 }
