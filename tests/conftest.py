@@ -20,6 +20,12 @@ TINY_UNET = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _seed_every_test():
+    """Tests draw random tensors; a fixed seed per test keeps every run of the suite the same."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle():
     """A tiny AnimateDiff teacher family: latents (4, 4, 16, 16), text (B, 16, 32). Do not modify it."""

@@ -17,8 +17,9 @@ def test_ddpm_add_noise_matches_diffusers(beta_schedule):
     timesteps = torch.tensor([0, 1, 249, 500, 998, 999])
     t = ours.t_from_timestep(timesteps)
     assert torch.equal(ours.timestep(t), timesteps)
+    # diffusers accumulates alpha_bar in float32, avdm in float64 then casts: up to 3e-6 apart (200 seeds).
     torch.testing.assert_close(
-        ours.add_noise(x0, eps, t), ref.add_noise(x0, eps, timesteps), rtol=1e-5, atol=1e-6
+        ours.add_noise(x0, eps, t), ref.add_noise(x0, eps, timesteps), rtol=1e-5, atol=1e-5
     )
 
 
