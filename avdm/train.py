@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,22 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg`` and train; returns the final logged metrics."""
     import lightning as L
 
+    from avdm.callbacks import IterationProgressBar
     from avdm.config import validate
     from avdm.module import DistillationModule
 
     validate(cfg)
+    # Expected with avdm: frozen teachers are in eval mode, and checkpoints hold post-update weights.
+    warnings.filterwarnings("ignore", message=r"Found .* module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
     L.seed_everything(cfg.seed, workers=True)
     models = instantiate(cfg.model)
     losses = {name: instantiate(node) for name, node in cfg.loss.items()}
     module = DistillationModule(models, losses, **cfg.module)
     datamodule = instantiate(cfg.data)
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(IterationProgressBar())
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
