@@ -64,3 +64,31 @@ def test_synthetic_clips_are_deterministic_and_follow_their_caption():
     assert moved[direction], (caption, xs, ys)
     with pytest.raises(ValueError, match="latent_shape"):
         SyntheticLatentDataset((4, 6, 16))
+
+
+def test_stored_latent_modules_check_batch_size_and_the_model_latent_shape():
+    from types import SimpleNamespace
+
+    from avdm.data.stored_latents import StoredLatentDataModule
+    from avdm.errors import AvdmUserError, ConfigError
+
+    class Stored(StoredLatentDataModule):
+        what, mismatch_hint = "clips", "use a cache written with this model config"
+
+        def __init__(self, batch_size: int) -> None:
+            super().__init__()
+            self.dataset = type(
+                "D", (), {"root": "cache", "latent_shape": (4, 8, 16, 16), "__len__": lambda self: 3}
+            )()
+            self._configure(batch_size, 0, 0)
+
+    with pytest.raises(ConfigError, match=r"data.batch_size=4 exceeds the 3 clips in 'cache'"):
+        Stored(4)
+    module = Stored(2)
+    module.trainer = SimpleNamespace(lightning_module=SimpleNamespace(latent_shape=(4, 16, 64, 64)))
+    with pytest.raises(
+        AvdmUserError, match=r"holds latents \[4, 8, 16, 16\] but the model's are \[4, 16, 64, 64\]"
+    ):
+        module.setup("fit")
+    module.trainer = SimpleNamespace(lightning_module=SimpleNamespace(latent_shape=(4, 8, 16, 16)))
+    module.setup("fit")

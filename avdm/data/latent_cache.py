@@ -40,16 +40,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from avdm.data.resumable import ResumableDataLoader
+from avdm.data.stored_latents import StoredLatentDataModule
 from avdm.data.synvid import _atomic_write, _canonical, _differences, _write_index
-from avdm.errors import AvdmUserError, ConfigError
+from avdm.errors import AvdmUserError
 from avdm.models.bundle import ModelBundle, parse_dtype
 from avdm.models.vae import encode_pixels
 
@@ -310,7 +309,7 @@ class LatentCacheDataset(Dataset):
         return {"latents": latents.float(), "text": text.float(), "captions": caption}
 
 
-class LatentCacheDataModule(L.LightningDataModule):
+class LatentCacheDataModule(StoredLatentDataModule):
     """Batches of cached clips: ``latents (B, C, F, H, W)``, ``text (B, L, D)``, ``captions list[str]``.
 
     Args:
@@ -319,29 +318,10 @@ class LatentCacheDataModule(L.LightningDataModule):
         seed: seed of the per-epoch shuffles.
     """
 
+    what = "clips"
+    mismatch_hint = "use a cache written with this model config"
+
     def __init__(self, root: str, batch_size: int = 2, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.dataset = LatentCacheDataset(root)
-        if len(self.dataset) < batch_size:
-            raise ConfigError(
-                f"data.batch_size={batch_size} exceeds the {len(self.dataset)} clips in '{root}'"
-            )
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-
-    def setup(self, stage: str) -> None:
-        module = self.trainer.lightning_module if self.trainer else None
-        model_shape = getattr(module, "latent_shape", None)
-        if model_shape is not None and tuple(model_shape) != self.dataset.latent_shape:
-            raise AvdmUserError(
-                f"latent cache '{self.dataset.root}' holds latents {list(self.dataset.latent_shape)} but the "
-                f"model's are {list(model_shape)}; use a cache written with this model config"
-            )
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        return ResumableDataLoader.for_trainer(
-            self.dataset, self.trainer, self.batch_size, self.seed, num_workers=self.num_workers
-        )
+        self._configure(batch_size, num_workers, seed)

@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import lightning as L
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors import safe_open
@@ -47,7 +46,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from avdm.data.resumable import ResumableDataLoader
+from avdm.data.stored_latents import StoredLatentDataModule
 from avdm.errors import AvdmUserError, ConfigError
 from avdm.models.bundle import ModelBundle, parse_dtype
 from avdm.models.denoiser import Denoiser
@@ -456,7 +455,7 @@ class SynVidDataset(Dataset):
         }
 
 
-class SynVidDataModule(L.LightningDataModule):
+class SynVidDataModule(StoredLatentDataModule):
     """Batches of SynVid key points for AccVideo's losses (:mod:`avdm.losses.trajectory`).
 
     Batch: ``trajectory (B, N, C, F, H, W)``, ``trajectory_t (B, N)``, ``text (B, L, D)``,
@@ -470,6 +469,9 @@ class SynVidDataModule(L.LightningDataModule):
         seed: seed of the per-epoch shuffles.
     """
 
+    what = "trajectories"
+    mismatch_hint = "match model.num_frames / model.resolution to the data"
+
     def __init__(
         self,
         root: str,
@@ -480,25 +482,5 @@ class SynVidDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         self.dataset = SynVidDataset(root, num_key_points, list(key_steps) if key_steps is not None else None)
-        if len(self.dataset) < batch_size:
-            raise ConfigError(
-                f"data.batch_size={batch_size} exceeds the {len(self.dataset)} trajectories in '{root}'"
-            )
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-
-    def setup(self, stage: str) -> None:
-        module = self.trainer.lightning_module if self.trainer else None
-        model_shape = getattr(module, "latent_shape", None)
-        if model_shape is not None and tuple(model_shape) != self.dataset.latent_shape:
-            raise AvdmUserError(
-                f"SynVid root '{self.dataset.root}' holds latents {list(self.dataset.latent_shape)} but the "
-                f"model's are {list(model_shape)}; match model.num_frames / model.resolution to the data"
-            )
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        return ResumableDataLoader.for_trainer(
-            self.dataset, self.trainer, self.batch_size, self.seed, num_workers=self.num_workers
-        )
+        self._configure(batch_size, num_workers, seed)
