@@ -1,0 +1,101 @@
+"""Rebuild a trained :class:`~avdm.module.DistillationModule` from a run directory and one checkpoint.
+
+Checkpoints hold trainable weights only (the frozen teachers are rebuilt from their sources), so
+loading needs the run's config: Hydra saves it as ``<run>/.hydra/config.yaml`` and Lightning writes
+checkpoints to ``<run>/checkpoints/*.ckpt``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from avdm.errors import AvdmUserError
+from avdm.models.bundle import ModelBundle
+from avdm.module import DistillationModule
+
+
+class CheckpointError(AvdmUserError):
+    """A checkpoint or its run config is missing or does not fit the model it describes."""
+
+
+@dataclass
+class LoadedRun:
+    """A rebuilt run: its config, the teacher family and the module with the checkpoint's weights."""
+
+    cfg: DictConfig
+    bundle: ModelBundle
+    module: DistillationModule
+    checkpoint: dict[str, Any]
+
+
+def run_config_path(ckpt_path: str | Path) -> Path:
+    """``<run>/.hydra/config.yaml`` for ``<run>/checkpoints/NAME.ckpt`` (also tried: beside the ckpt)."""
+    ckpt = Path(ckpt_path)
+    for run_dir in (ckpt.parent.parent, ckpt.parent):
+        candidate = run_dir / ".hydra" / "config.yaml"
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"No run config for '{ckpt}': expected {ckpt.parent.parent / '.hydra' / 'config.yaml'} "
+        "(Hydra saves it in the run directory; pass --config PATH to use another)"
+    )
+
+
+def load_run_config(path: str | Path) -> DictConfig:
+    """Load a saved run config; ``paths.output_dir`` (``${hydra:...}``) is pinned to the run directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Run config '{path}' does not exist")
+    cfg = OmegaConf.load(path)
+    assert isinstance(cfg, DictConfig)
+    run_dir = path.parent.parent if path.parent.name == ".hydra" else path.parent
+    OmegaConf.update(cfg, "paths.output_dir", str(run_dir), force_add=True)
+    return cfg
+
+
+def build_module(cfg: DictConfig) -> tuple[ModelBundle, DistillationModule]:
+    """The teacher family and a fresh module, built as ``avdm.train.fit`` builds them."""
+    warnings.filterwarnings("ignore", message=r"Found .* module\(s\) in eval mode")
+    models = instantiate(cfg.model)
+    losses = {name: instantiate(node) for name, node in cfg.loss.items()}
+    module = DistillationModule(models, losses, **cfg.module)
+    return models, module
+
+
+def load_checkpoint_into(module: DistillationModule, ckpt_path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint (trainable weights only) into ``module``; returns the checkpoint dict.
+
+    The frozen teacher weights come from ``module`` itself (``on_load_checkpoint``), then every key
+    must match (``strict=True``).
+    """
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"Checkpoint '{ckpt_path}' does not exist")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(f"'{ckpt_path}' is not a Lightning checkpoint (no 'state_dict')")
+    module.on_load_checkpoint(checkpoint)
+    try:
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"Checkpoint '{ckpt_path}' does not fit the model of its run config: {first}"
+        ) from err
+    return checkpoint
+
+
+def load_run(ckpt_path: str | Path, config_path: str | Path | None = None) -> LoadedRun:
+    """Rebuild the module of a run from ``ckpt_path`` and the run's saved config; eval mode, CPU."""
+    cfg = load_run_config(config_path or run_config_path(ckpt_path))
+    bundle, module = build_module(cfg)
+    checkpoint = load_checkpoint_into(module, ckpt_path)
+    module.eval()
+    return LoadedRun(cfg, bundle, module, checkpoint)

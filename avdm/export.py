@@ -1,0 +1,239 @@
+"""Export a distilled AnimateDiff student as a diffusers folder that loads without avdm.
+
+``python -m avdm.export CKPT OUT_DIR [--no-ema]`` writes::
+
+    OUT_DIR/
+      model_index.json        AnimateDiffPipeline (unet is a UNetMotionModel, no motion_adapter)
+      unet/ vae/ text_encoder/ tokenizer/
+      scheduler/              LCMScheduler (fresh-noise students) or DDIMScheduler (deterministic ones)
+      avdm_export.json        ladder, prediction type, teacher sources, avdm version
+      README.md               the exact loading / sampling calls
+
+Why LCM reproduces a fresh-noise student: ``LCMScheduler.step`` predicts ``x0`` from the model output,
+mixes it as ``c_out x0 + c_skip x_t`` and re-noises to the next ladder timestep with fresh noise
+``sqrt(abar') x0 + sqrt(1 - abar') eps``; the final step returns ``x0``. That is exactly
+:meth:`FewStepGenerator.sample` with ``renoise="fresh"`` once ``c_skip = 0, c_out = 1``, which a large
+``timestep_scaling`` gives to float32 precision. A ``deterministic`` student is DDIM (eta = 0) with
+``trailing`` spacing and ``set_alpha_to_one``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AnimateDiffPipeline, DDIMScheduler, LCMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from avdm.errors import AvdmUserError, report_user_errors
+from avdm.models.generator import FewStepGenerator
+from avdm.models.schedules import DDPMSchedule
+from avdm.module import DistillationModule
+
+# c_skip = 0.25 / ((s t)^2 + 0.25): with s = 1e4 it is < 3e-9 for every t >= 1 and c_out == 1 in float32.
+TIMESTEP_SCALING = 1.0e4
+
+
+class ExportError(AvdmUserError):
+    """The student cannot be written as a plain diffusers pipeline."""
+
+
+def avdm_version() -> str:
+    try:
+        return metadata.version("avdm")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def integer_ladder(generator: FewStepGenerator) -> list[int]:
+    """The student's ladder as integer DDPM timesteps, high to low; raises if it has none."""
+    ladder = [int(round(s)) for s in generator.timesteps]
+    if any(abs(s - r) > 1e-6 for s, r in zip(generator.timesteps, ladder)) or ladder[-1] < 1:
+        raise ExportError(
+            f"the generator ladder {generator.timesteps} must be integer DDPM timesteps >= 1 to export"
+        )
+    return ladder
+
+
+def beta_config(schedule: DDPMSchedule) -> dict[str, Any]:
+    """diffusers ``beta_*`` keys rebuilding ``schedule.alphas_cumprod`` (``trained_betas`` as fallback)."""
+    abar = schedule.alphas_cumprod.double()
+    betas = 1.0 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
+    for digits in range(3, 8):  # the shortest round values (0.00085, 0.012) that rebuild the schedule
+        cfg: dict[str, Any] = {
+            "num_train_timesteps": schedule.num_train_timesteps,
+            "beta_schedule": schedule.beta_schedule,
+            "beta_start": float(f"{float(betas[0]):.{digits}g}"),
+            "beta_end": float(f"{float(betas[-1]):.{digits}g}"),
+            "trained_betas": None,
+        }
+        rebuilt = DDIMScheduler(**cfg).alphas_cumprod.double()
+        if torch.allclose(rebuilt, abar, rtol=1e-5, atol=1e-8):
+            return cfg
+    return {**cfg, "trained_betas": [float(b) for b in betas]}
+
+
+def lcm_original_steps(ladder: list[int], num_train_timesteps: int) -> int | None:
+    """The ``original_inference_steps`` for which ``set_timesteps(len(ladder))`` gives ``ladder``."""
+    n = len(ladder)
+    for original in range(n, num_train_timesteps + 1):
+        k = num_train_timesteps // original
+        origin = (np.arange(1, original + 1) * k - 1)[::-1]
+        picked = origin[np.floor(np.linspace(0, original, num=n, endpoint=False)).astype(np.int64)]
+        if picked.tolist() == ladder:
+            return original
+    return None
+
+
+def student_scheduler(generator: FewStepGenerator) -> tuple[SchedulerMixin, dict[str, Any]]:
+    """A diffusers scheduler whose ``set_timesteps`` call (also returned) reproduces the student."""
+    schedule = generator.denoiser.schedule
+    if not isinstance(schedule, DDPMSchedule):
+        raise ExportError(f"export supports DDPM (AnimateDiff) students, not {type(schedule).__name__}")
+    ladder = integer_ladder(generator)
+    T = schedule.num_train_timesteps
+    common = {**beta_config(schedule), "prediction_type": schedule.prediction_type, "clip_sample": False}
+    if generator.renoise == "fresh":
+        original = lcm_original_steps(ladder, T)
+        scheduler = LCMScheduler(
+            **common,
+            original_inference_steps=original or T,
+            timestep_scaling=TIMESTEP_SCALING,
+            set_alpha_to_one=True,
+            steps_offset=0,
+        )
+        call = {"timesteps": ladder} if original is None else {"num_inference_steps": len(ladder)}
+    else:
+        scheduler = DDIMScheduler(
+            **common, timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0
+        )
+        call = {"num_inference_steps": len(ladder)}
+    probe = type(scheduler).from_config(scheduler.config)
+    probe.set_timesteps(**call)
+    if probe.timesteps.tolist() != ladder:
+        raise ExportError(
+            f"no {type(scheduler).__name__} reproduces the {generator.renoise} ladder {ladder} "
+            f"(it gives {probe.timesteps.tolist()})"
+        )
+    return scheduler, call
+
+
+def _readme(ladder: list[int], call: dict[str, Any], scheduler: str, guidance_note: str) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in call.items())
+    pipe_ok = "num_inference_steps" in call
+    pipeline = (
+        f"""```python
+import torch
+from diffusers import AnimateDiffPipeline
+
+pipe = AnimateDiffPipeline.from_pretrained("THIS_FOLDER")
+video = pipe("a red circle moving left", num_inference_steps={len(ladder)}, guidance_scale=1.0,
+             generator=torch.Generator().manual_seed(0)).frames[0]
+```
+"""
+        if pipe_ok
+        else "The pipeline's `num_inference_steps` cannot give this ladder: use the loop below.\n"
+    )
+    return f"""# Few-step video student exported by avdm
+
+Ladder (DDPM timesteps): {ladder}. Scheduler: `{scheduler}`; set it up with
+`scheduler.set_timesteps({args})`. {guidance_note}
+
+## With the pipeline
+
+{pipeline}
+## Component by component
+
+```python
+import torch
+from diffusers import AutoencoderKL, {scheduler}, UNetMotionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+unet = UNetMotionModel.from_pretrained("THIS_FOLDER", subfolder="unet")
+scheduler = {scheduler}.from_pretrained("THIS_FOLDER", subfolder="scheduler")
+tokenizer = CLIPTokenizer.from_pretrained("THIS_FOLDER", subfolder="tokenizer")
+text_encoder = CLIPTextModel.from_pretrained("THIS_FOLDER", subfolder="text_encoder")
+ids = tokenizer(["a red circle moving left"], padding="max_length",
+                max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+g = torch.Generator().manual_seed(0)
+x = torch.randn(1, 4, 16, 64, 64, generator=g)      # (B, C, F, H/8, W/8)
+text = text_encoder(ids)[0].repeat_interleave(x.shape[2], dim=0)   # one copy per frame: (B * F, L, D)
+scheduler.set_timesteps({args})
+for t in scheduler.timesteps:
+    eps = unet(x, t, encoder_hidden_states=text).sample
+    x = scheduler.step(eps, t, x, generator=g).prev_sample   # the last step returns x0
+# decode x frame by frame with AutoencoderKL (latents / vae.config.scaling_factor)
+```
+"""
+
+
+def export_student(module: DistillationModule, out_dir: str | Path, use_ema: bool = True) -> Path:
+    """Write the student of ``module`` (its EMA when kept and ``use_ema``) as a diffusers folder.
+
+    Returns:
+        ``out_dir``; ``AnimateDiffPipeline.from_pretrained(out_dir)`` loads it without avdm.
+    """
+    out = Path(out_dir)
+    ema = use_ema and module.generator_ema is not None
+    generator: FewStepGenerator = module.generator_ema.module if ema else module.generator  # type: ignore[union-attr]
+    if module.vae is None:
+        raise ExportError("the module has no VAE; a diffusers pipeline needs one")
+    scheduler, call = student_scheduler(generator)
+    ladder = integer_ladder(generator)
+    tokenizer = module.prompt_encoder.tokenizer
+    pipe = AnimateDiffPipeline(
+        vae=module.vae,
+        text_encoder=module.prompt_encoder.text_encoder,
+        tokenizer=tokenizer,
+        unet=generator.denoiser.model,
+        motion_adapter=None,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(out)
+    # avdm pads prompts to PromptEncoder.max_length; plain diffusers pads to tokenizer.model_max_length.
+    tok_cfg_path = out / "tokenizer" / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text())
+    tok_cfg["model_max_length"] = module.prompt_encoder.max_length
+    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+    name = type(scheduler).__name__
+    info = {
+        "avdm_version": avdm_version(),
+        "ladder": ladder,
+        "renoise": generator.renoise,
+        "prediction_type": generator.denoiser.schedule.prediction_type,
+        "scheduler": name,
+        "set_timesteps": call,
+        "guidance_scale": 1.0,
+        "weights": "ema" if ema else "generator",
+        "latent_shape": list(module.latent_shape),
+        "teacher_sources": dict(module.sources),
+        "generator_steps": int(module.generator_steps),
+    }
+    (out / "avdm_export.json").write_text(json.dumps(info, indent=2) + "\n")
+    note = "The student samples without classifier-free guidance: use `guidance_scale=1.0`."
+    (out / "README.md").write_text(_readme(ladder, call, name, note))
+    return out
+
+
+@report_user_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m avdm.export", description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt", help="<run>/checkpoints/NAME.ckpt")
+    parser.add_argument("out_dir", help="diffusers folder to write")
+    parser.add_argument("--no-ema", action="store_true", help="export the raw generator, not its EMA")
+    parser.add_argument("--config", default=None, help="run config (default <run>/.hydra/config.yaml)")
+    args = parser.parse_args(argv)
+    from avdm.checkpoints import load_run
+
+    run = load_run(args.ckpt, args.config)
+    out = export_student(run.module, args.out_dir, use_ema=not args.no_ema)
+    print(f"Exported the student to {out} (see {out / 'README.md'})")
+
+
+if __name__ == "__main__":
+    main()
