@@ -169,3 +169,8 @@ def test_slurm_launcher_config_composes():
         )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == cfg.hydra.launcher.tasks_per_node == 8
+
+
+@pytest.mark.parametrize("data", ["openvid", "latent_cache", "synthetic_latents"])
+def test_paper_experiment_accepts_every_data_module(data):
+    validate(_compose("+experiment=avdm2_animatediff", f"data={data}"))
