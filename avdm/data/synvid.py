@@ -50,7 +50,7 @@ from avdm.data.stored_latents import StoredLatentDataModule
 from avdm.errors import AvdmUserError, ConfigError
 from avdm.models.bundle import ModelBundle, parse_dtype
 from avdm.models.denoiser import Denoiser
-from avdm.models.teacher_sampling import guided_prediction, make_scheduler
+from avdm.models.teacher_sampling import make_scheduler, sample_teacher
 
 FORMAT = "avdm-synvid/1"
 INDEX = "index.json"
@@ -83,7 +83,7 @@ def record_trajectory(
 ) -> Trajectory:
     """:func:`~avdm.models.teacher_sampling.sample_teacher`, keeping every state of the sampler.
 
-    The loop is the same, operation for operation, so ``latents[:, -1]`` equals ``sample_teacher``'s output.
+    It runs ``sample_teacher`` itself, so ``latents[:, -1]`` equals its output.
     Only schedulers whose state is the model's ``x_t`` qualify (flow-matching Euler, DDIM:
     ``init_noise_sigma == 1``); k-diffusion-style Euler keeps ``x_t / alpha_t`` and is rejected.
 
@@ -98,16 +98,15 @@ def record_trajectory(
             f"{type(scheduler).__name__} keeps states that are not x_t (init_noise_sigma != 1); "
             "record trajectories with flow_euler or ddim"
         )
-    scheduler.set_timesteps(num_steps, device=z.device)
-    x = z * getattr(scheduler, "init_noise_sigma", 1.0)
-    scale_input = getattr(scheduler, "scale_model_input", lambda sample, timestep: sample)
-    states, times = [x], []
-    for timestep in scheduler.timesteps:
-        t = denoiser.schedule.t_from_timestep(timestep).to(z.device).expand(z.shape[0])
+    states, times = [z], []
+
+    def record(t: Tensor, x: Tensor) -> None:
         times.append(t[0].float().cpu())
-        pred = guided_prediction(denoiser, scale_input(x, timestep), t, text, uncond_text, guidance_scale)
-        x = scheduler.step(pred, timestep, x, generator=generator, return_dict=False)[0]
         states.append(x)
+
+    sample_teacher(
+        denoiser, scheduler, z, text, uncond_text, num_steps, guidance_scale, generator, on_step=record
+    )
     times.append(torch.zeros(()))
     return Trajectory(torch.stack(states, dim=1), torch.stack(times))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,6 +70,7 @@ def sample_teacher(
     num_steps: int = 25,
     guidance_scale: float = 7.5,
     generator: torch.Generator | None = None,
+    on_step: Callable[[Tensor, Tensor], None] | None = None,
 ) -> Tensor:
     """Sample the teacher with a diffusers scheduler.
 
@@ -77,6 +79,7 @@ def sample_teacher(
         text, uncond_text: text embeddings ``(B, L, D)``; ``uncond_text`` enables CFG.
         num_steps: scheduler steps (NFE is twice this with CFG).
         guidance_scale: standard-convention CFG scale.
+        on_step: called after every step with the step's normalized time ``t (B,)`` and the new state.
 
     Returns:
         The final latent ``(B, C, F, H, W)``.
@@ -88,4 +91,6 @@ def sample_teacher(
         t = denoiser.schedule.t_from_timestep(timestep).to(z.device).expand(z.shape[0])
         pred = guided_prediction(denoiser, scale_input(x, timestep), t, text, uncond_text, guidance_scale)
         x = scheduler.step(pred, timestep, x, generator=generator, return_dict=False)[0]
+        if on_step is not None:
+            on_step(t, x)
     return x
