@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext
-from avdm.losses.functional import WEIGHTINGS, denoising_loss
+from avdm.losses.functional import WEIGHTINGS, check_choice, check_t_range, denoising_loss
 
 
 class DenoisingLoss(DistillationLoss):
@@ -30,10 +30,8 @@ class DenoisingLoss(DistillationLoss):
         min_snr_gamma: float = 5.0,
     ) -> None:
         super().__init__(weight)
-        if not 0.0 <= t_min < t_max <= 1.0:
-            raise ValueError(f"t_min/t_max must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        check_t_range(t_min, t_max)
+        check_choice("weighting", weighting, WEIGHTINGS)
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
         self.t_min, self.t_max = t_min, t_max
