@@ -34,6 +34,18 @@ def test_epochs_differ_and_repeat_under_the_seed():
     assert a == b and a[0] != a[1] and sorted(a[0]) == list(range(16))
 
 
+def test_a_loop_that_takes_exactly_len_batches_gets_a_full_new_epoch_each_time():
+    # Lightning's fit loop stops pulling from a sized loader after len(loader) batches.
+    loader = ResumableDataLoader(list(range(16)), 4, seed=1)
+    epochs = []
+    for _ in range(3):
+        iterator = iter(loader)
+        epochs.append([i for _ in range(len(loader)) for i in next(iterator).tolist()])
+    assert all(sorted(e) == list(range(16)) for e in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert loader.state_dict() == {"epoch": 2, "batches": 4}
+
+
 def test_state_resumes_mid_epoch_exactly():
     straight = ResumableDataLoader(list(range(20)), 2, seed=3)
     expected = _epoch(straight) + _epoch(straight)

@@ -82,6 +82,10 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         sampler: ResumableDistributedSampler = self.sampler  # type: ignore[assignment]
+        if self._yielded >= len(sampler) // self.batch_size:
+            # Lightning takes exactly len(self) batches and never resumes the generator past the last
+            # one, so the bookkeeping after the loop below does not run: roll over here instead.
+            self._epoch, self._yielded = self._epoch + 1, 0
         # The loader keeps its own epoch: Lightning's set_epoch counts an epoch cut short by max_steps
         # as finished when a checkpoint is written after fit() returns.
         sampler.set_epoch(self._epoch)
