@@ -2,7 +2,7 @@
 PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install test lint format demo bench clean
+.PHONY: help install test lint format demo demo-eval teacher bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,8 +21,27 @@ format:  ## auto-format
 	$(PYTHON) -m ruff check --fix avdm tests benchmarks
 	$(PYTHON) -m ruff format avdm tests benchmarks
 
-demo:  ## the main job on the embedded default (CPU)
-	$(PYTHON) -m avdm.train +experiment=avdm2_tiny
+demo:  ## the main job: distill a 4-step student from the shipped shapes teacher (CPU, ~10 min)
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes
+
+EVAL_DIR ?= outputs/demo_eval
+demo-eval:  ## the README's results table: trains 3 students, compares them with the teacher (~45 min)
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes hydra.run.dir=$(EVAL_DIR)/sdm_gan
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes_gan_only hydra.run.dir=$(EVAL_DIR)/gan_only
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes_video_sdm hydra.run.dir=$(EVAL_DIR)/video_sdm_gan
+	$(PYTHON) -m avdm.compare --out $(EVAL_DIR)/results \
+	  --student "2D SDM + GAN=$(EVAL_DIR)/sdm_gan/checkpoints/last.ckpt" \
+	  --student "GAN only=$(EVAL_DIR)/gan_only/checkpoints/last.ckpt" \
+	  --student "video SDM + GAN=$(EVAL_DIR)/video_sdm_gan/checkpoints/last.ckpt"
+
+TEACHER_DIR ?= outputs/teacher_shapes
+teacher:  ## retrain the shipped shapes teacher (VAE, image UNet, motion modules) into avdm/assets
+	$(PYTHON) -m avdm.train +experiment=teacher_shapes_vae hydra.run.dir=$(TEACHER_DIR)/run_vae \
+	  callbacks.export.out_dir=$(TEACHER_DIR)/stage_vae
+	$(PYTHON) -m avdm.train +experiment=teacher_shapes_image hydra.run.dir=$(TEACHER_DIR)/run_image \
+	  model.pretrained.base_model=$(TEACHER_DIR)/stage_vae callbacks.export.out_dir=$(TEACHER_DIR)/stage_image
+	$(PYTHON) -m avdm.train +experiment=teacher_shapes hydra.run.dir=$(TEACHER_DIR)/run_motion \
+	  model.pretrained.base_model=$(TEACHER_DIR)/stage_image callbacks.export.out_dir=avdm/assets/shapes_teacher
 
 bench:  ## benchmarks; results in benchmarks/results/
 	$(PYTHON) -m benchmarks.run

@@ -97,3 +97,24 @@ class IterationProgressBar(TQDMProgressBar):
         except TypeError:  # iterable datasets have no length
             per_epoch = math.inf
         return min(per_epoch, iterations)
+
+
+class ExportTeacher(L.Callback):
+    """At the end of training, write the trained model as a diffusers AnimateDiff folder (``out_dir``),
+    the input of the next stage of teacher training (``model.pretrained.base_model=out_dir``).
+
+    Works with any module that has ``pipeline_parts()`` (:class:`~avdm.module.DistillationModule`,
+    :class:`~avdm.autoencoder.AutoencoderModule`).
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from avdm.export import export_teacher
+
+        parts = pl_module.pipeline_parts()
+        export_teacher(self.out_dir, **parts)
+        print(f"Wrote the teacher pipeline to {self.out_dir}")

@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import avdm.config  # noqa: F401  (registers ${avdm_asset:...} used by configs of shipped weights)
 from avdm.errors import AvdmUserError
 from avdm.models.bundle import ModelBundle
 from avdm.module import DistillationModule
@@ -64,7 +65,7 @@ def build_module(cfg: DictConfig) -> tuple[ModelBundle, DistillationModule]:
     """The teacher family and a fresh module, built as ``avdm.train.fit`` builds them."""
     warnings.filterwarnings("ignore", message=r"Found .* module\(s\) in eval mode")
     models = instantiate(cfg.model)
-    losses = {name: instantiate(node) for name, node in cfg.loss.items()}
+    losses = {name: instantiate(node) for name, node in cfg.loss.items() if node is not None}
     module = DistillationModule(models, losses, **cfg.module)
     return models, module
 

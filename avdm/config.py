@@ -6,19 +6,34 @@ Each error names the config key and what is accepted. Checks:
   accepts (unknown keys are rejected, with the accepted ones listed);
 * loss plugins are :class:`~avdm.losses.base.DistillationLoss` subclasses;
 * any ``t_min`` / ``t_max`` pair lies in [0, 1] with ``t_min < t_max``;
-* weights are non-negative; a frame count ``num_frames`` of a loss is no larger than the model's.
+* weights are non-negative; a frame count ``num_frames`` of a loss is no larger than the model's;
+* an ``autoencoder`` block (VAE training instead of distillation) has only known keys.
+
+Importing it registers the ``${avdm_asset:NAME}`` resolver (weights shipped inside the package).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from avdm.errors import ConfigError
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def asset_path(name: str) -> str:
+    """Absolute path of ``avdm/assets/NAME`` (weights shipped with the package); ``${avdm_asset:NAME}``."""
+    return str(ASSETS_DIR / name)
+
+
+if not OmegaConf.has_resolver("avdm_asset"):
+    OmegaConf.register_new_resolver("avdm_asset", asset_path)
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -74,10 +89,19 @@ def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` on the first invalid key of a composed training config."""
     from avdm.losses.base import DistillationLoss
 
-    if not cfg.get("loss"):
+    if cfg.get("autoencoder"):
+        from avdm.autoencoder import AutoencoderModule
+
+        accepted = [n for n in inspect.signature(AutoencoderModule).parameters if n != "models"]
+        unknown = [k for k in cfg.autoencoder if k not in accepted]
+        if unknown:
+            raise ConfigError(f"autoencoder.{unknown[0]}: unknown key; accepted keys: {accepted}")
+    if not cfg.get("loss") or all(node is None for node in cfg.loss.values()):
         raise ConfigError("loss: no loss plugin selected; pick some, e.g. 'loss=[frame_sdm,gan]'")
     model_frames = OmegaConf.select(cfg, "model.num_frames")
     for name, node in cfg.loss.items():
+        if node is None:  # `loss.NAME=null` drops a plugin (e.g. one an inherited experiment configured)
+            continue
         key = f"loss.{name}"
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ConfigError(f"{key}: a loss plugin needs a _target_ (a DistillationLoss class)")

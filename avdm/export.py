@@ -31,6 +31,7 @@ from diffusers import AnimateDiffPipeline, DDIMScheduler, LCMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from avdm.errors import AvdmUserError, report_user_errors
+from avdm.models.bundle import PromptEncoder
 from avdm.models.generator import FewStepGenerator
 from avdm.models.schedules import DDPMSchedule
 from avdm.module import DistillationModule
@@ -172,6 +173,50 @@ for t in scheduler.timesteps:
 """
 
 
+def write_pipeline(
+    out_dir: str | Path,
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    prompt_encoder: PromptEncoder,
+    scheduler: SchedulerMixin,
+    info: dict[str, Any],
+) -> Path:
+    """Save an ``AnimateDiffPipeline`` (``unet`` a ``UNetMotionModel``) plus ``avdm_export.json``."""
+    out = Path(out_dir)
+    pipe = AnimateDiffPipeline(
+        vae=vae,
+        text_encoder=prompt_encoder.text_encoder,
+        tokenizer=prompt_encoder.tokenizer,
+        unet=unet,
+        motion_adapter=None,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    # avdm pads prompts to PromptEncoder.max_length; plain diffusers pads to tokenizer.model_max_length.
+    tok_cfg_path = out / "tokenizer" / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text())
+    tok_cfg["model_max_length"] = prompt_encoder.max_length
+    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+    (out / "avdm_export.json").write_text(
+        json.dumps({"avdm_version": avdm_version(), **info}, indent=2) + "\n"
+    )
+    return out
+
+
+def export_teacher(
+    out_dir: str | Path,
+    unet: torch.nn.Module,
+    vae: torch.nn.Module,
+    prompt_encoder: PromptEncoder,
+    scheduler_config: dict[str, Any],
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Write a (trained) teacher as an AnimateDiff pipeline folder with its own DDIM scheduler config;
+    ``model.source=pretrained model.pretrained.base_model=OUT_DIR`` loads it back."""
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    return write_pipeline(out_dir, unet, vae, prompt_encoder, scheduler, {"role": "teacher", **(info or {})})
+
+
 def export_student(module: DistillationModule, out_dir: str | Path, use_ema: bool = True) -> Path:
     """Write the student of ``module`` (its EMA when kept and ``use_ema``) as a diffusers folder.
 
@@ -185,24 +230,9 @@ def export_student(module: DistillationModule, out_dir: str | Path, use_ema: boo
         raise ExportError("the module has no VAE; a diffusers pipeline needs one")
     scheduler, call = student_scheduler(generator)
     ladder = integer_ladder(generator)
-    tokenizer = module.prompt_encoder.tokenizer
-    pipe = AnimateDiffPipeline(
-        vae=module.vae,
-        text_encoder=module.prompt_encoder.text_encoder,
-        tokenizer=tokenizer,
-        unet=generator.denoiser.model,
-        motion_adapter=None,
-        scheduler=scheduler,
-    )
-    pipe.save_pretrained(out)
-    # avdm pads prompts to PromptEncoder.max_length; plain diffusers pads to tokenizer.model_max_length.
-    tok_cfg_path = out / "tokenizer" / "tokenizer_config.json"
-    tok_cfg = json.loads(tok_cfg_path.read_text())
-    tok_cfg["model_max_length"] = module.prompt_encoder.max_length
-    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
     name = type(scheduler).__name__
     info = {
-        "avdm_version": avdm_version(),
+        "role": "student",
         "ladder": ladder,
         "renoise": generator.renoise,
         "prediction_type": generator.denoiser.schedule.prediction_type,
@@ -214,7 +244,7 @@ def export_student(module: DistillationModule, out_dir: str | Path, use_ema: boo
         "teacher_sources": dict(module.sources),
         "generator_steps": int(module.generator_steps),
     }
-    (out / "avdm_export.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_pipeline(out, generator.denoiser.model, module.vae, module.prompt_encoder, scheduler, info)
     note = "The student samples without classifier-free guidance: use `guidance_scale=1.0`."
     (out / "README.md").write_text(_readme(ladder, call, name, note))
     return out

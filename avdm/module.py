@@ -123,6 +123,7 @@ class DistillationModule(L.LightningModule):
             plugin.bind(self.teachers)
         self.latent_shape = tuple(models.latent_shape)
         self.sources = dict(models.sources)
+        self.scheduler_config = dict(models.scheduler_config)
         self.backward_simulation = backward_simulation
         self.critic_every = critic_steps_per_generator_step
         self.generator_param_groups = [dict(g) for g in generator_param_groups]
@@ -312,6 +313,23 @@ class DistillationModule(L.LightningModule):
         rng = torch.Generator(device="cpu").manual_seed(seed)
         z = torch.randn((len(prompts), *self.latent_shape), generator=rng).to(self.device)
         return generator.sample(z, text, num_steps, generator=rng)
+
+    def pipeline_parts(self) -> dict[str, Any]:
+        """The generator (its EMA when kept) as a teacher pipeline, for :func:`avdm.export.export_teacher`
+        (stages of training a teacher with :class:`~avdm.losses.DenoisingLoss`)."""
+        generator = self.generator_ema.module if self.generator_ema is not None else self.generator
+        return {
+            "unet": generator.denoiser.model,
+            "vae": self.vae,
+            "prompt_encoder": self.prompt_encoder,
+            "scheduler_config": self.scheduler_config,
+            "info": {
+                "stage": "denoising",
+                "generator_steps": int(self.generator_steps),
+                "weights": "ema" if self.generator_ema is not None else "generator",
+                "sources": self.sources,
+            },
+        }
 
     # --- checkpoints: trainable weights only, plus where the frozen teachers came from ---------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -20,7 +20,10 @@ def param_groups_by_pattern(
     Args:
         named_parameters: ``module.named_parameters()``.
         groups: ``[{"pattern": "motion_modules", "lr": 2e-5}, {"pattern": ".*", "lr": 4e-6}]``; any
-            other keys (``weight_decay``) go to the group as they are.
+            other keys (``weight_decay``) go to the group as they are. A group with ``frozen: true``
+            (no ``lr`` needed) freezes its parameters instead: ``requires_grad`` is switched off and
+            they join no optimizer (AnimateDiff's stages: train the image UNet, then only the motion
+            modules).
         key: the config key, for error messages.
 
     Raises:
@@ -37,6 +40,10 @@ def param_groups_by_pattern(
             unmatched.append(name)
         else:
             buckets[i].append(p)
+    frozen = [i for i, g in enumerate(groups) if g.get("frozen", False)]
+    for i in frozen:
+        for p in buckets[i]:
+            p.requires_grad_(False)
     if unmatched:
         raise ConfigError(
             f"{key}: parameters {unmatched[:3]} match no pattern; add a catch-all group "
@@ -45,7 +52,13 @@ def param_groups_by_pattern(
     empty = [g["pattern"] for g, b in zip(groups, buckets) if not b]
     if empty:
         raise ConfigError(f"{key}: patterns {empty} match no trainable parameter")
-    return [{**{k: v for k, v in g.items() if k != "pattern"}, "params": b} for g, b in zip(groups, buckets)]
+    if len(frozen) == len(groups):
+        raise ConfigError(f"{key}: every group is frozen; nothing would train")
+    return [
+        {**{k: v for k, v in g.items() if k not in ("pattern", "frozen")}, "params": b}
+        for i, (g, b) in enumerate(zip(groups, buckets))
+        if i not in frozen
+    ]
 
 
 def adamw(

@@ -10,13 +10,17 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from avdm.config import validate
 from avdm.errors import report_user_errors
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger("avdm.train")
 # conf/ ships inside the wheel as avdm/conf; in a source checkout it sits beside the package.
@@ -24,35 +28,44 @@ _PACKAGED = Path(__file__).resolve().parent / "conf"
 CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _PACKAGED.parent.parent / "conf")
 
 
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    """The LightningModule of ``cfg``: a :class:`~avdm.module.DistillationModule` over the model bundle and
+    the loss plugins, or, when the config has an ``autoencoder`` block, the VAE trainer of teacher
+    training (:class:`~avdm.autoencoder.AutoencoderModule`)."""
+    models = instantiate(cfg.model)
+    if cfg.get("autoencoder"):
+        from avdm.autoencoder import AutoencoderModule
+
+        return AutoencoderModule(models, **cfg.autoencoder)
+    from avdm.module import DistillationModule
+
+    losses = {name: instantiate(node) for name, node in cfg.loss.items() if node is not None}
+    return DistillationModule(models, losses, **cfg.module)
+
+
 def fit(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg`` and train; returns the final logged metrics."""
     import lightning as L
 
     from avdm.callbacks import IterationProgressBar
-    from avdm.config import validate
-    from avdm.module import DistillationModule
 
     validate(cfg)
     # Expected with avdm: frozen teachers are in eval mode, and checkpoints hold post-update weights.
     warnings.filterwarnings("ignore", message=r"Found .* module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
     L.seed_everything(cfg.seed, workers=True)
-    models = instantiate(cfg.model)
-    losses = {name: instantiate(node) for name, node in cfg.loss.items()}
-    module = DistillationModule(models, losses, **cfg.module)
+    module = build_module(cfg)
     datamodule = instantiate(cfg.data)
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(IterationProgressBar())
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics.update(
-        generator_steps=int(module.generator_steps),
-        critic_steps=int(module.critic_steps),
-        nonfinite_skips=int(module.nonfinite_skips),
-    )
+    for counter in ("generator_steps", "critic_steps", "nonfinite_skips"):
+        if hasattr(module, counter):
+            metrics[counter] = int(getattr(module, counter))
     out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext
 from avdm.losses.functional import WEIGHTINGS, check_choice, check_t_range, denoising_loss
 
@@ -17,6 +19,9 @@ class DenoisingLoss(DistillationLoss):
         t_min, t_max: normalized time range of the noise levels (fractions of T).
         weighting: ``uniform`` or ``min_snr``.
         min_snr_gamma: gamma of min-SNR weighting.
+        uncond_prob: fraction of samples trained on the empty prompt instead of their caption, so
+            the denoiser also learns the unconditional score that classifier-free guidance needs
+            (SD / AnimateDiff: 0.1). Training a teacher needs it; distillation leaves it at 0.
     """
 
     needs_generator_sample = False
@@ -28,20 +33,29 @@ class DenoisingLoss(DistillationLoss):
         t_max: float = 1.0,
         weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
+        uncond_prob: float = 0.0,
     ) -> None:
         super().__init__(weight)
         check_t_range(t_min, t_max)
         check_choice("weighting", weighting, WEIGHTINGS)
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
-        self.t_min, self.t_max = t_min, t_max
+        if not 0.0 <= uncond_prob <= 1.0:
+            raise ValueError(f"uncond_prob must be in [0, 1], got {uncond_prob}")
+        self.t_min, self.t_max, self.uncond_prob = t_min, t_max, uncond_prob
         self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
 
     def generator_loss(self, ctx: StepContext) -> LossOutput:
         x0 = ctx.batch["latents"]
         denoiser = ctx.generator.denoiser
+        text = ctx.text
+        if self.uncond_prob > 0:
+            if ctx.uncond_text is None:
+                raise ValueError("DenoisingLoss(uncond_prob > 0) needs the empty prompt's embedding")
+            drop = torch.rand(x0.shape[0], device=x0.device) < self.uncond_prob
+            text = torch.where(drop[:, None, None], ctx.uncond_text.to(text), text)
         t = denoiser.schedule.sample_t(x0.shape[0], self.t_min, self.t_max, device=x0.device)
         loss = denoising_loss(
-            denoiser, x0, ctx.text, t, weighting=self.weighting, min_snr_gamma=self.min_snr_gamma
+            denoiser, x0, text, t, weighting=self.weighting, min_snr_gamma=self.min_snr_gamma
         )
         return LossOutput(loss, {"loss": loss.detach()})

@@ -89,8 +89,14 @@ def tiny_motion_unet(
     latent_channels: int = 4,
     sample_size: int = 16,
     motion_max_seq_length: int = 32,
+    zero_init_motion_out: bool = False,
 ) -> UNetMotionModel:
-    """A small AnimateDiff UNet built the way real ones are: a 2D UNet + a motion adapter."""
+    """A small AnimateDiff UNet built the way real ones are: a 2D UNet + a motion adapter.
+
+    With ``zero_init_motion_out`` every motion module's output projection starts at zero, as in
+    AnimateDiff's training: each module is then the identity and the UNet is exactly the image UNet
+    run per frame, until the motion modules are trained.
+    """
     n = len(block_out_channels)
     unet = UNet2DConditionModel(
         sample_size=sample_size,
@@ -111,7 +117,13 @@ def tiny_motion_unet(
         motion_norm_num_groups=norm_num_groups,
         motion_max_seq_length=motion_max_seq_length,
     )
-    return UNetMotionModel.from_unet2d(unet, adapter)
+    motion = UNetMotionModel.from_unet2d(unet, adapter)
+    if zero_init_motion_out:
+        for name, module in motion.named_modules():
+            if "motion_modules" in name and name.endswith("proj_out"):
+                torch.nn.init.zeros_(module.weight)
+                torch.nn.init.zeros_(module.bias)
+    return motion
 
 
 def tiny_vae(
