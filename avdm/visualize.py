@@ -24,8 +24,9 @@ def video_grid(videos: Tensor, columns: int | None = None) -> Tensor:
     return grid
 
 
-def write_mp4(path: str | Path, frames: Tensor, fps: int = 8) -> Path:
-    """Write ``(F, H, W, 3)`` uint8 frames as an H.264 mp4 (sizes padded to even numbers)."""
+def write_mp4(path: str | Path, frames: Tensor, fps: int = 8, crf: int | None = None) -> Path:
+    """Write ``(F, H, W, 3)`` uint8 frames as an H.264 mp4 (sizes padded to even numbers); ``crf`` sets
+    the quality (libx264's default 23 when ``None``; lower is closer to lossless)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     f, h, w, _ = frames.shape
@@ -34,6 +35,8 @@ def write_mp4(path: str | Path, frames: Tensor, fps: int = 8) -> Path:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = array.shape[2], array.shape[1], "yuv420p"
+        if crf is not None:
+            stream.options = {"crf": str(crf)}
         for frame in array:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
