@@ -1,0 +1,227 @@
+"""``python -m avdm.compare``: teacher and students on the same prompts and noise, one results table.
+
+Rows: the teacher at ``--teacher-steps`` (default 25) and at 4 DDIM steps, both with CFG, then every
+``--student LABEL=CKPT`` at its full ladder, and held-out real clips (the floor of every metric). Each
+row writes its videos (``ROW/NNN.mp4`` + ``captions.csv``) and is scored with :func:`avdm.evaluate.evaluate`
+against a reference set of real clips: FVD (the extractor is named), prompt accuracy (shapes captions),
+temporal consistency, NFE and wall-clock seconds per video (text encoding + sampling + VAE decode, on
+this machine, batches of ``--batch-size``).
+
+Writes ``results.json`` and ``results.md`` to ``--out``. ``make demo-eval`` trains the three students of
+the README's table and runs this on the shipped shapes teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from avdm.errors import AvdmUserError, report_user_errors
+
+# (text, uncond_text, noise, rng) -> latents
+Sampler = Callable[[Tensor, Tensor, Tensor, torch.Generator], Tensor]
+
+
+@dataclass
+class Row:
+    label: str
+    nfe: int
+    sampler: Sampler
+    prompt_encoder: torch.nn.Module
+    vae: torch.nn.Module
+
+
+def shapes_prompts(per_caption: int) -> list[str]:
+    """Every shapes caption ``per_caption`` times (60 captions: 5 colours x 3 shapes x 4 directions)."""
+    from avdm.data.shapes import COMBINATIONS, caption
+
+    return [caption(*combo) for combo in COMBINATIONS for _ in range(per_caption)]
+
+
+@torch.no_grad()
+def generate(
+    row: Row,
+    prompts: Sequence[str],
+    latent_shape: Sequence[int],
+    out: Path,
+    seed: int,
+    batch_size: int,
+    fps: int = 8,
+) -> float:
+    """Write ``out/NNN.mp4`` for every prompt (noise of video ``i`` from seed ``(seed, i)``, the same for
+    every row) plus ``captions.csv``; returns wall-clock seconds per video, file writing excluded."""
+    from avdm.models.vae import decode_latents
+    from avdm.visualize import video_grid, write_mp4
+
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = 0.0
+    names = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        noise = torch.stack(
+            [
+                torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(seed * 100_003 + i))
+                for i in range(start, start + len(chunk))
+            ]
+        )
+        rng = torch.Generator().manual_seed(seed + start)
+        began = time.perf_counter()
+        text = row.prompt_encoder(chunk)
+        uncond = row.prompt_encoder([""]).expand(len(chunk), -1, -1)
+        videos = decode_latents(row.vae, row.sampler(text, uncond, noise, rng))
+        seconds += time.perf_counter() - began
+        for j, video in enumerate(videos):
+            name = f"{start + j:03d}.mp4"
+            write_mp4(out / name, video_grid(video[None]), fps, crf=14)  # the dataset's quality
+            names.append(name)
+    with (out / "captions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("video", "caption"))
+        writer.writerows(zip(names, prompts))
+    return seconds / len(prompts)
+
+
+def teacher_row(bundle, steps: int, guidance: float) -> Row:  # noqa: ANN001 (ModelBundle, lazy import)
+    from avdm.models.teacher_sampling import make_scheduler, sample_teacher
+
+    def sampler(text: Tensor, uncond: Tensor, z: Tensor, rng: torch.Generator) -> Tensor:
+        scheduler = make_scheduler("ddim", bundle.scheduler_config)
+        return sample_teacher(
+            bundle.video_teacher, scheduler, z, text, uncond, steps, guidance, generator=rng
+        )
+
+    nfe = steps * (2 if guidance != 1.0 else 1)
+    label = f"teacher, {steps} DDIM steps, CFG {guidance:g}"
+    return Row(label, nfe, sampler, bundle.prompt_encoder, bundle.vae)
+
+
+def student_row(label: str, ckpt: str) -> Row:
+    from avdm.checkpoints import load_run
+
+    module = load_run(ckpt).module
+    generator = module.generator_ema.module if module.generator_ema is not None else module.generator
+
+    def sampler(text: Tensor, uncond: Tensor, z: Tensor, rng: torch.Generator) -> Tensor:
+        return generator.sample(z, text, generator=rng)
+
+    return Row(f"student: {label}", generator.num_steps, sampler, module.prompt_encoder, module.vae)
+
+
+def markdown(rows: list[dict[str, object]]) -> str:
+    extractor = rows[0]["fvd_extractor"]
+    head = (
+        f"| run | NFE | s / video | FVD ({extractor}) | prompt accuracy | colour | shape | direction "
+        "| temporal consistency |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def cell(value: object, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = [
+        f"| {r['label']} | {cell(r['nfe'], 'd')} | {cell(r['seconds_per_video'], '.4f')} | {r['fvd']:.4g} "
+        f"| {r['prompt_accuracy_all']:.3f} | {r['prompt_accuracy_colour']:.3f} "
+        f"| {r['prompt_accuracy_shape']:.3f} | {r['prompt_accuracy_direction']:.3f} "
+        f"| {r['temporal_consistency']:.3f} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def compare(
+    students: Sequence[tuple[str, str]],
+    teacher: str,
+    out: Path,
+    per_caption: int = 2,
+    teacher_steps: int = 25,
+    few_steps: int = 4,
+    guidance: float = 4.0,
+    seed: int = 0,
+    batch_size: int = 30,
+    i3d_path: str | None = None,
+) -> list[dict[str, object]]:
+    """Generate and score every row; returns the rows (also written as ``out/results.{json,md}``)."""
+    from avdm.data.shapes import VIDEO_DIR, write_shapes_dataset
+    from avdm.evaluate import evaluate
+    from avdm.models.animatediff import build_animatediff
+
+    prompts = shapes_prompts(per_caption)
+    # Real clips with seeds unseen in training: the reference, and a second draw as the "real" row.
+    reference = write_shapes_dataset(out / "reference", len(prompts), num_frames=8, size=32, seed=10_001)
+    real = write_shapes_dataset(out / "real_heldout", len(prompts), num_frames=8, size=32, seed=10_002)
+    bundle = build_animatediff(
+        source="pretrained",
+        pretrained={"base_model": teacher, "motion_adapter": None, "local_files_only": True},
+        num_frames=8,
+        resolution=32,
+    )
+    for part in (bundle.video_teacher, bundle.prompt_encoder, bundle.vae):
+        part.eval()
+    rows = [teacher_row(bundle, teacher_steps, guidance), teacher_row(bundle, few_steps, guidance)]
+    rows += [student_row(label, ckpt) for label, ckpt in students]
+    torch.set_grad_enabled(False)
+    results: list[dict[str, object]] = []
+    for i, row in enumerate(rows):
+        folder = out / f"row{i}"
+        seconds = generate(row, prompts, bundle.latent_shape, folder, seed, batch_size)
+        scores = evaluate(folder, reference.parent / VIDEO_DIR, i3d_path, num_frames=8, resolution=32)
+        results.append({"label": row.label, "nfe": row.nfe, "seconds_per_video": seconds, **scores})
+        print(f"{row.label}: FVD {scores['fvd']:.1f}, prompt accuracy {scores['prompt_accuracy_all']:.3f}")
+    # The dataset CSV holds the real clips' captions; evaluate() reads captions.csv beside the videos.
+    shutil.copyfile(real, real.parent / VIDEO_DIR / "captions.csv")
+    scores = evaluate(real.parent / VIDEO_DIR, reference.parent / VIDEO_DIR, i3d_path, 8, 32)
+    results.append({"label": "real clips (held out)", "nfe": None, "seconds_per_video": None, **scores})
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    return results
+
+
+@report_user_errors
+def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
+    from avdm.config import asset_path
+
+    parser = argparse.ArgumentParser(prog="python -m avdm.compare", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--student", action="append", default=[], metavar="LABEL=CKPT", help="a student row (repeatable)"
+    )
+    parser.add_argument("--teacher", default=asset_path("shapes_teacher"), help="teacher diffusers folder")
+    parser.add_argument("--per-caption", type=int, default=2, help="videos per shapes caption (60 captions)")
+    parser.add_argument("--teacher-steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=4.0, help="teacher CFG scale")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=30)
+    parser.add_argument("--i3d-path", default=None, help="local I3D TorchScript file for the standard FVD")
+    parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
+    args = parser.parse_args(argv)
+    students = []
+    for spec in args.student:
+        label, sep, ckpt = spec.partition("=")
+        if not sep or not Path(ckpt).is_file():
+            raise AvdmUserError(f"--student {spec!r}: expected LABEL=CKPT with an existing checkpoint file")
+        students.append((label, ckpt))
+    results = compare(
+        students,
+        args.teacher,
+        args.out,
+        args.per_caption,
+        args.teacher_steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        i3d_path=args.i3d_path,
+    )
+    print(markdown(results))
+    print(f"Results in {args.out / 'results.md'} and {args.out / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The README's main job (avdm2_shapes on the shipped teacher) and the results table of `make demo-eval`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from avdm.compare import compare
+from avdm.config import asset_path
+
+
+def test_main_job_writes_checkpoints_samples_metrics_and_feeds_the_results_table(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avdm.train",
+            "+experiment=avdm2_shapes",
+            "trainer.max_steps=2",
+            "hydra.run.dir=run",
+            "data.num_videos=12",
+            "data.root=data",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert str(run) in result.stdout + result.stderr, "the job ends by printing where its outputs are"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["generator_steps"] == 2 and metrics["critic_steps"] == 4
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "samples").glob("step_*.mp4")), "an mp4 grid of samples"
+    assert len(list((tmp_path / "data" / "videos").glob("*.mp4"))) == 12, "the data module wrote the clips"
+
+    rows = compare(
+        [("2 steps", str(run / "checkpoints" / "last.ckpt"))],
+        asset_path("shapes_teacher"),
+        tmp_path / "table",
+        per_caption=1,
+        teacher_steps=10,
+    )
+    assert [r["nfe"] for r in rows] == [20, 8, 4, None]
+    assert rows[-1]["label"] == "real clips (held out)" and rows[-1]["prompt_accuracy_all"] == 1.0
+    assert all(r["num_generated"] == 60 for r in rows)
+    assert all(rows[-1]["fvd"] < r["fvd"] for r in rows[:-1]), "real clips are closest to the reference"
+    table = (tmp_path / "table" / "results.md").read_text()
+    assert rows[0]["fvd_extractor"] in table and table.count("\n") == 2 + len(rows)
+    assert Path(tmp_path / "table" / "row2" / "captions.csv").is_file()
