@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-BENCHMARKS = ("benchmarks.bench_training", "benchmarks.bench_decode")
+BENCHMARKS = ("benchmarks.bench_training", "benchmarks.bench_decode", "benchmarks.bench_overhead")
 
 
 def main() -> None:
