@@ -65,8 +65,9 @@ def build_module(cfg: DictConfig) -> tuple[ModelBundle, DistillationModule]:
     """The teacher family and a fresh module, built as ``avdm.train.fit`` builds them."""
     warnings.filterwarnings("ignore", message=r"Found .* module\(s\) in eval mode")
     models = instantiate(cfg.model)
-    losses = {name: instantiate(node) for name, node in cfg.loss.items() if node is not None}
-    module = DistillationModule(models, losses, **cfg.module)
+    from avdm.train import build_losses
+
+    module = DistillationModule(models, build_losses(cfg), **cfg.module)
     return models, module
 
 

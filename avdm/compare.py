@@ -108,7 +108,7 @@ def student_row(label: str, ckpt: str) -> Row:
     from avdm.checkpoints import load_run
 
     module = load_run(ckpt).module
-    generator = module.generator_ema.module if module.generator_ema is not None else module.generator
+    generator = module.sampling_generator()
 
     def sampler(text: Tensor, uncond: Tensor, z: Tensor, rng: torch.Generator) -> Tensor:
         return generator.sample(z, text, generator=rng)

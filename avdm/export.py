@@ -225,7 +225,7 @@ def export_student(module: DistillationModule, out_dir: str | Path, use_ema: boo
     """
     out = Path(out_dir)
     ema = use_ema and module.generator_ema is not None
-    generator: FewStepGenerator = module.generator_ema.module if ema else module.generator  # type: ignore[union-attr]
+    generator = module.sampling_generator(use_ema)
     if module.vae is None:
         raise ExportError("the module has no VAE; a diffusers pipeline needs one")
     scheduler, call = student_scheduler(generator)

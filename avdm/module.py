@@ -301,14 +301,18 @@ class DistillationModule(L.LightningModule):
             self.log_dict({f"data/bad_videos/{reason}": float(n) for reason, n in counts.items()})
 
     # --- sampling --------------------------------------------------------------------------------
+    def sampling_generator(self, use_ema: bool = True) -> FewStepGenerator:
+        """The generator to sample or export: its EMA when one is kept and ``use_ema``, else the raw one."""
+        if use_ema and self.generator_ema is not None:
+            return self.generator_ema.module
+        return self.generator
+
     @torch.no_grad()
     def sample(
         self, prompts: Sequence[str], seed: int = 0, num_steps: int | None = None, use_ema: bool = True
     ) -> Tensor:
         """Latents ``(B, C, F, H, W)`` of the few-step generator (its EMA when kept) for ``prompts``."""
-        generator = (
-            self.generator_ema.module if (use_ema and self.generator_ema is not None) else self.generator
-        )
+        generator = self.sampling_generator(use_ema)
         text = self.prompt_encoder(list(prompts)).to(self.device)
         rng = torch.Generator(device="cpu").manual_seed(seed)
         z = torch.randn((len(prompts), *self.latent_shape), generator=rng).to(self.device)
@@ -317,9 +321,8 @@ class DistillationModule(L.LightningModule):
     def pipeline_parts(self) -> dict[str, Any]:
         """The generator (its EMA when kept) as a teacher pipeline, for :func:`avdm.export.export_teacher`
         (stages of training a teacher with :class:`~avdm.losses.DenoisingLoss`)."""
-        generator = self.generator_ema.module if self.generator_ema is not None else self.generator
         return {
-            "unet": generator.denoiser.model,
+            "unet": self.sampling_generator().denoiser.model,
             "vae": self.vae,
             "prompt_encoder": self.prompt_encoder,
             "scheduler_config": self.scheduler_config,

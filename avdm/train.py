@@ -28,6 +28,11 @@ _PACKAGED = Path(__file__).resolve().parent / "conf"
 CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _PACKAGED.parent.parent / "conf")
 
 
+def build_losses(cfg: DictConfig) -> dict[str, Any]:
+    """The loss plugins of ``cfg.loss`` by role key; a key set to null (``loss.sdm=null``) is dropped."""
+    return {name: instantiate(node) for name, node in cfg.loss.items() if node is not None}
+
+
 def build_module(cfg: DictConfig) -> L.LightningModule:
     """The LightningModule of ``cfg``: a :class:`~avdm.module.DistillationModule` over the model bundle and
     the loss plugins, or, when the config has an ``autoencoder`` block, the VAE trainer of teacher
@@ -39,8 +44,7 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
         return AutoencoderModule(models, **cfg.autoencoder)
     from avdm.module import DistillationModule
 
-    losses = {name: instantiate(node) for name, node in cfg.loss.items() if node is not None}
-    return DistillationModule(models, losses, **cfg.module)
+    return DistillationModule(models, build_losses(cfg), **cfg.module)
 
 
 def fit(cfg: DictConfig) -> dict[str, Any]:
