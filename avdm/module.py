@@ -26,6 +26,7 @@ from avdm.errors import AvdmUserError, ConfigError
 from avdm.losses.base import DistillationLoss, StepContext, TeacherBank
 from avdm.models.bundle import ModelBundle
 from avdm.models.denoiser import freeze_, trainable_copy
+from avdm.models.execution import enable_gradient_checkpointing, to_channels_last
 from avdm.models.generator import FewStepGenerator, draw_simulation_step
 from avdm.models.vae import encode_pixels
 from avdm.optim import adamw, linear_warmup, param_groups_by_pattern
@@ -71,6 +72,9 @@ class DistillationModule(L.LightningModule):
         seed: base seed of the per-iteration randomness.
         ema_decay: keep an exponential moving average of the generator with this decay (``None``: off;
             the paper uses none). Sampling callbacks use it when present.
+        gradient_checkpointing: recompute activations inside every UNet block in the backward pass
+            (less memory, about one more forward); loss values are unchanged.
+        channels_last: keep 4-D weights in channels-last layout; loss values are unchanged.
     """
 
     def __init__(
@@ -90,6 +94,8 @@ class DistillationModule(L.LightningModule):
         max_consecutive_nonfinite: int = 10,
         seed: int = 0,
         ema_decay: float | None = None,
+        gradient_checkpointing: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if not losses:
@@ -121,6 +127,10 @@ class DistillationModule(L.LightningModule):
         self.needs_sample = any(plugin.needs_generator_sample for plugin in self.losses.values())
         for plugin in self.losses.values():
             plugin.bind(self.teachers)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(self)
+        if channels_last:
+            to_channels_last(self)
         self.latent_shape = tuple(models.latent_shape)
         self.sources = dict(models.sources)
         self.scheduler_config = dict(models.scheduler_config)
@@ -188,12 +198,22 @@ class DistillationModule(L.LightningModule):
         return text, self._uncond_cache.expand(text.shape[0], -1, -1)
 
     # --- the iteration ---------------------------------------------------------------------------
-    def _seed_iteration(self) -> tuple[torch.Generator, int]:
+    def simulation_step(self, iteration: int) -> int:
+        """Backward-simulation index ``k`` of ``iteration``: the same on every rank, 0 when off."""
+        if not self.backward_simulation:
+            return 0
+        shared = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+        return draw_simulation_step(self.generator.num_steps, shared)
+
+    def updates_generator(self, iteration: int) -> bool:
+        """Whether ``iteration`` updates the generator (every ``critic_steps_per_generator_step``-th)."""
+        return iteration % self.critic_every == self.critic_every - 1
+
+    def _seed_iteration(self) -> int:
+        """Seeds this iteration's global RNG (per rank) and returns its ``k``."""
         it = int(self.iterations)
         torch.manual_seed(self.seed * 1_000_003 + it * 7_919 + self.global_rank)
-        shared = torch.Generator().manual_seed(self.seed * 1_000_003 + it)
-        k = draw_simulation_step(self.generator.num_steps, shared) if self.backward_simulation else 0
-        return shared, k
+        return self.simulation_step(it)
 
     def _check_finite(self, terms: Mapping[str, Tensor], phase: str) -> bool:
         """Whether every rank's ``terms`` are finite; all ranks agree, so they skip or step together."""
@@ -235,7 +255,7 @@ class DistillationModule(L.LightningModule):
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         schedulers = self.lr_schedulers()
         schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
-        _, k = self._seed_iteration()
+        k = self._seed_iteration()
         batch = self.with_latents(batch)
         text, uncond = self.encode_text(batch)
         z = torch.randn((text.shape[0], *self.latent_shape), device=self.device)
@@ -246,7 +266,7 @@ class DistillationModule(L.LightningModule):
             )
 
         x0_fake: Tensor | None = None
-        if int(self.iterations) % self.critic_every == self.critic_every - 1:
+        if self.updates_generator(int(self.iterations)):
             with self.toggled_optimizer(optimizers[0]):
                 x0_fake = self.generator.simulate(z, text, k).x0 if self.needs_sample else None
                 ctx = context(x0_fake)
