@@ -14,22 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.timing import timed as _timed
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _timed(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 @torch.no_grad()

@@ -33,21 +33,15 @@ import json
 import os
 import resource
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.timing import IterationClock, quiet_trainer
+from benchmarks.timing import timed as _timed
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _timed(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 def _bytes(params: Any) -> int:
@@ -141,16 +135,14 @@ def required(p: dict[str, float], k: int, generator_step: bool) -> tuple[float, 
     return gen, every + critic
 
 
-def run(out_dir: Path, generator_steps: int = 8, repeats: int = 3) -> dict[str, Any]:
-    import lightning as L
+def build_shapes_setting(out_dir: Path, overrides: tuple[str, ...] = ()) -> tuple[Any, Any]:
+    """The ``avdm2_shapes`` module and a 120-clip shapes data module (written under ``out_dir/../.data``,
+    one loader process), as ``python -m avdm.train +experiment=avdm2_shapes`` builds them."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from avdm.models.generator import draw_simulation_step
-    from avdm.module import DistillationModule
-    from avdm.train import CONFIG_DIR
+    from avdm.train import CONFIG_DIR, build_module
 
-    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     data_root = out_dir.parent / ".data" / "shapes"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
@@ -161,38 +153,18 @@ def run(out_dir: Path, generator_steps: int = 8, repeats: int = 3) -> dict[str, 
                 f"data.root={data_root}",
                 "data.num_videos=120",
                 "data.num_workers=0",
+                *overrides,
             ],
         )
     torch.manual_seed(0)
-    bundle = instantiate(cfg.model)
-    losses = {n: instantiate(c) for n, c in cfg.loss.items() if c is not None}
-    module = DistillationModule(bundle, losses, **cfg.module)
-    datamodule = instantiate(cfg.data)
+    return build_module(cfg), instantiate(cfg.data)
 
-    class Clock(L.Callback):
-        def __init__(self) -> None:
-            self.rows: list[tuple[bool, int, float]] = []
 
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-            it = int(pl_module.iterations)
-            shared = torch.Generator().manual_seed(pl_module.seed * 1_000_003 + it)
-            self._k = draw_simulation_step(pl_module.generator.num_steps, shared)
-            self._gen = it % pl_module.critic_every == pl_module.critic_every - 1
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, *args) -> None:  # noqa: ANN001
-            self.rows.append((self._gen, self._k, time.perf_counter() - self._t))
-
-    clock = Clock()
-    trainer = L.Trainer(
-        max_steps=generator_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-    )
+def run(out_dir: Path, generator_steps: int = 8, repeats: int = 3) -> dict[str, Any]:
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    module, datamodule = build_shapes_setting(out_dir)
+    clock = IterationClock()
+    trainer = quiet_trainer(generator_steps, [clock])
     trainer.fit(module, datamodule=datamodule)
     timed = clock.rows[2:]  # warm-up
     batch = next(iter(datamodule.train_dataloader()))
