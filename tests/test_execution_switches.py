@@ -108,3 +108,20 @@ def test_channels_last_puts_conv_weights_in_nhwc():
     convs = [m for m in module.generator.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert not all(c.weight.is_contiguous() for c in convs)  # 1x1 convs are both; 3x3 ones are not
+
+
+def test_avdm_adamw_is_multi_tensor_and_steps_like_the_per_tensor_loop():
+    from avdm.optim import adamw
+
+    params = [torch.randn(64, 32, requires_grad=True), torch.randn(7, requires_grad=True)]
+    reference = [p.detach().clone().requires_grad_() for p in params]
+    ours = adamw(params, lr=1e-3)
+    loop = torch.optim.AdamW(reference, lr=1e-3, weight_decay=0.01, foreach=False)
+    assert ours.defaults["foreach"] is True
+    for _ in range(10):
+        for p, q in zip(params, reference):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        ours.step()
+        loop.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, reference))
