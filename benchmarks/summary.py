@@ -62,10 +62,11 @@ def overhead_section(data: dict[str, Any] | None) -> list[str]:
     lines += [
         f"{data['setting']}. Overall ratio **{data['overhead_ratio']:.3f}** (limit 1.0, target <= 1.10).",
         "",
-        "| phase | measured s | required s | ratio |",
-        "| --- | --- | --- | --- |",
+        "| phase | measured s | required s | ratio | of the excess: grad norm + clipping s | rest s |",
+        "| --- | --- | --- | --- | --- | --- |",
         *(
-            f"| {n} | {v['measured_s']:.4f} | {v['required_s']:.4f} | {v['ratio']:.3f} |"
+            f"| {n} | {v['measured_s']:.4f} | {v['required_s']:.4f} | {v['ratio']:.3f} | "
+            f"{v.get('grad_norm_and_clip_s', float('nan')):.4f} | {v.get('rest_s', float('nan')):.4f} |"
             for n, v in data["phases"].items()
         ),
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,18 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - start) / repeats
+
+
+def timed_median(fn: Callable[[], Any], repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call: robust to the odd slow
+    call on a shared machine."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 class IterationClock(L.Callback):
