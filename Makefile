@@ -11,8 +11,8 @@ install:  ## install avdm with dev tools; keeps an installed (e.g. CUDA) torch, 
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test:  ## run the whole test suite (offline, CPU, < 10 min on 2 cores)
-	$(PYTHON) -m pytest -q
+test:  ## run the whole test suite (offline, CPU, two workers, < 10 min on 2 cores)
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile
 
 lint:  ## static checks
 	$(PYTHON) -m ruff check avdm tests benchmarks

@@ -147,13 +147,17 @@ def compare(
     seed: int = 0,
     batch_size: int = 30,
     i3d_path: str | None = None,
+    prompts: Sequence[str] | None = None,
 ) -> list[dict[str, object]]:
-    """Generate and score every row; returns the rows (also written as ``out/results.{json,md}``)."""
+    """Generate and score every row; returns the rows (also written as ``out/results.{json,md}``).
+
+    ``prompts``: shapes captions to use instead of every caption ``per_caption`` times.
+    """
     from avdm.data.shapes import VIDEO_DIR, write_shapes_dataset
     from avdm.evaluate import evaluate
     from avdm.models.animatediff import build_animatediff
 
-    prompts = shapes_prompts(per_caption)
+    prompts = list(prompts) if prompts is not None else shapes_prompts(per_caption)
     # Real clips with seeds unseen in training: the reference, and a second draw as the "real" row.
     reference = write_shapes_dataset(out / "reference", len(prompts), num_frames=8, size=32, seed=10_001)
     real = write_shapes_dataset(out / "real_heldout", len(prompts), num_frames=8, size=32, seed=10_002)

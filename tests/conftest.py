@@ -20,6 +20,13 @@ TINY_UNET = {
 }
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one compute thread each, and the same for the
+    # processes tests start (oversubscribed OpenMP threads spin and slow a 50 s test to 230 s).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_every_test():
     """Tests draw random tensors; a fixed seed per test keeps every run of the suite the same."""

@@ -51,7 +51,8 @@ def test_shipped_vae_reconstructions_keep_colour_shape_and_direction(teacher):
 
 
 def test_shipped_teacher_follows_the_prompts_with_25_steps_and_cfg(teacher):
-    prompts = [caption(*combo) for combo in COMBINATIONS]
+    # Every colour x shape, with two of the four directions (the teacher does not read them): 30 videos.
+    prompts = [caption(*combo) for combo in COMBINATIONS if combo[2] in ("left", "up")]
     text = teacher.prompt_encoder(prompts)
     uncond = teacher.prompt_encoder([""]).expand(len(prompts), -1, -1)
     rng = torch.Generator().manual_seed(0)
@@ -64,9 +65,9 @@ def test_shipped_teacher_follows_the_prompts_with_25_steps_and_cfg(teacher):
     metric.update(videos, prompts)
     scores = {k: float(v) for k, v in metric.compute().items()}
     assert scores["colour"] >= MIN_COLOUR and scores["shape"] >= MIN_SHAPE, scores
-    # Read against other prompts (captions are colour-major: 12 per colour, 4 per shape), the same
+    # Read against other prompts (captions are colour-major: 6 per colour, 2 per shape), the same
     # videos score low: the teacher reads the colour and shape words.
-    for shift, attribute in ((12, "colour"), (4, "shape")):
+    for shift, attribute in ((6, "colour"), (2, "shape")):
         wrong = PromptAccuracy()
         wrong.update(videos, prompts[shift:] + prompts[:shift])
         assert float(wrong.compute()[attribute]) < 0.5 * scores[attribute], attribute
