@@ -17,7 +17,7 @@ class DenoisingLoss(DistillationLoss):
     Args:
         weight: lambda of this term.
         t_min, t_max: normalized time range of the noise levels (fractions of T).
-        weighting: ``uniform`` or ``min_snr``.
+        weighting: ``uniform``, ``min_snr`` or ``truncated_snr`` (see :func:`denoising_loss`).
         min_snr_gamma: gamma of min-SNR weighting.
         uncond_prob: fraction of samples trained on the empty prompt instead of their caption, so
             the denoiser also learns the unconditional score that classifier-free guidance needs

@@ -9,7 +9,7 @@ from torch import Tensor
 from avdm.models.denoiser import Denoiser
 from avdm.models.schedules import NoiseSchedule
 
-WEIGHTINGS = ("uniform", "min_snr")
+WEIGHTINGS = ("uniform", "min_snr", "truncated_snr")
 
 
 def denoising_loss(
@@ -26,8 +26,12 @@ def denoising_loss(
     Args:
         x0: clean latents ``(B, C, F, H, W)``.
         t: normalized times ``(B,)``.
-        weighting: ``uniform`` or ``min_snr`` (Hang et al. 2023: weight ``min(SNR, gamma)`` on the
-            x0-space error, i.e. ``min(SNR, gamma) / SNR`` for epsilon targets).
+        weighting: the weight of the x0-space error ``||x0_hat - x0||^2``, converted to the
+            denoiser's parameterization: ``uniform`` (none: the plain loss of the target), ``min_snr``
+            (Hang et al. 2023: ``min(SNR, gamma)``) or ``truncated_snr`` (Salimans & Ho 2022:
+            ``max(SNR, 1)``; equals the epsilon loss where SNR >= 1 and the x0 loss below, so the
+            high-noise steps, where the layout and the motion of a sample are decided, are not
+            weighted down by SNR as the epsilon loss does).
 
     Returns:
         Scalar loss, mean over the batch.
@@ -39,15 +43,15 @@ def denoising_loss(
     x_t = schedule.add_noise(x0, eps, t)
     target = schedule.target(x0, eps, t)
     per_sample = (denoiser(x_t, t, text).float() - target.float()).pow(2).flatten(1).mean(1)
-    if weighting == "min_snr":
-        # min(SNR, gamma) is the weight of the x0-space error; c = |d x0_hat / d prediction| converts it.
+    if weighting != "uniform":
+        # w(SNR) weighs the x0-space error; c = |d x0_hat / d prediction| converts it.
         alpha, sigma = schedule.alpha(t).float(), schedule.sigma(t).float()
         c = {"epsilon": sigma / alpha, "v_prediction": sigma, "flow": sigma}.get(
             schedule.prediction_type, torch.ones_like(sigma)
         )
-        per_sample = (schedule.snr(t).float().clamp(max=min_snr_gamma) * c**2).to(
-            per_sample.device
-        ) * per_sample
+        snr = schedule.snr(t).float()
+        w = snr.clamp(max=min_snr_gamma) if weighting == "min_snr" else snr.clamp(min=1.0)
+        per_sample = (w * c**2).to(per_sample.device) * per_sample
     return per_sample.mean()
 
 
