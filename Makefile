@@ -21,7 +21,7 @@ format:  ## auto-format
 	$(PYTHON) -m ruff check --fix avdm tests benchmarks
 	$(PYTHON) -m ruff format avdm tests benchmarks
 
-demo:  ## the main job: distill a 4-step student from the shipped shapes teacher (CPU, ~10 min)
+demo:  ## the main job: distill a 4-step student from the shipped shapes teacher (CPU, ~12 min)
 	$(PYTHON) -m avdm.train +experiment=avdm2_shapes
 
 EVAL_DIR ?= outputs/demo_eval
