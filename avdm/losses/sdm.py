@@ -50,7 +50,8 @@ class ScoreDistillationLoss(DistillationLoss):
             (``cond + g (cond - uncond)``).
         reduction: ``sum`` or ``mean`` of the surrogate (see above).
         norm_eps: added to ``mean|x0 - x0_real_hat|`` in ``w(t)``.
-        fake_score_weighting: ``uniform`` or ``min_snr`` weighting of the fake score's eq. 2.
+        fake_score_weighting: ``uniform``, ``min_snr`` or ``truncated_snr`` weighting of the fake
+            score's eq. 2.
     """
 
     TEACHER_ROLES = ("image", "video")
