@@ -110,7 +110,7 @@ class AutoencoderModule(L.LightningModule):
         set, beside the bundle's (untrained) UNet and prompt encoder."""
         self.vae.register_to_config(scaling_factor=self.scaling_factor)
         return {
-            "unet": self.unet,
+            "model": self.unet,
             "vae": self.vae,
             "prompt_encoder": self.prompt_encoder,
             "scheduler_config": self.scheduler_config,

@@ -100,15 +100,17 @@ class IterationProgressBar(TQDMProgressBar):
 
 
 class ExportTeacher(L.Callback):
-    """At the end of training, write the trained model as a diffusers AnimateDiff folder (``out_dir``),
-    the input of the next stage of teacher training (``model.pretrained.base_model=out_dir``).
+    """At the end of training, write the trained model as a diffusers folder (``out_dir``: an AnimateDiff
+    pipeline, or a flow transformer's folders), the input of the next stage of teacher training
+    (``model.pretrained.base_model=out_dir``). ``include_vae: false`` leaves out a VAE the teacher reuses
+    from another folder (``model.pretrained.vae``).
 
     Works with any module that has ``pipeline_parts()`` (:class:`~avdm.module.DistillationModule`,
     :class:`~avdm.autoencoder.AutoencoderModule`).
     """
 
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: str, include_vae: bool = True) -> None:
+        self.out_dir, self.include_vae = Path(out_dir), include_vae
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -116,5 +118,5 @@ class ExportTeacher(L.Callback):
         from avdm.export import export_teacher
 
         parts = pl_module.pipeline_parts()
-        export_teacher(self.out_dir, **parts)
+        export_teacher(self.out_dir, **parts, include_vae=self.include_vae)
         print(f"Wrote the teacher pipeline to {self.out_dir}")

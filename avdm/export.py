@@ -27,7 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline, DDIMScheduler, LCMScheduler
+from diffusers import (
+    AnimateDiffPipeline,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    LCMScheduler,
+    WanTransformer3DModel,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from avdm.errors import AvdmUserError, report_user_errors
@@ -205,16 +211,55 @@ def write_pipeline(
 
 def export_teacher(
     out_dir: str | Path,
-    unet: torch.nn.Module,
+    model: torch.nn.Module,
     vae: torch.nn.Module,
     prompt_encoder: PromptEncoder,
     scheduler_config: dict[str, Any],
     info: dict[str, Any] | None = None,
+    include_vae: bool = True,
 ) -> Path:
-    """Write a (trained) teacher as an AnimateDiff pipeline folder with its own DDIM scheduler config;
-    ``model.source=pretrained model.pretrained.base_model=OUT_DIR`` loads it back."""
+    """Write a (trained) teacher as a diffusers folder that ``model.source=pretrained
+    model.pretrained.base_model=OUT_DIR`` loads back.
+
+    A ``UNetMotionModel`` is written as an AnimateDiff pipeline with its own DDIM scheduler config; a
+    ``WanTransformer3DModel`` as the folders of a flow teacher (:func:`write_flow_teacher`).
+    """
+    if isinstance(model, WanTransformer3DModel):
+        return write_flow_teacher(
+            out_dir, model, prompt_encoder, scheduler_config, info, vae if include_vae else None
+        )
     scheduler = DDIMScheduler.from_config(scheduler_config)
-    return write_pipeline(out_dir, unet, vae, prompt_encoder, scheduler, {"role": "teacher", **(info or {})})
+    return write_pipeline(out_dir, model, vae, prompt_encoder, scheduler, {"role": "teacher", **(info or {})})
+
+
+def write_flow_teacher(
+    out_dir: str | Path,
+    transformer: torch.nn.Module,
+    prompt_encoder: PromptEncoder,
+    scheduler_config: dict[str, Any],
+    info: dict[str, Any] | None = None,
+    vae: torch.nn.Module | None = None,
+) -> Path:
+    """Write a flow-matching transformer teacher as diffusers subfolders: ``transformer/``, ``scheduler/``
+    (``FlowMatchEulerDiscreteScheduler``), ``text_encoder/``, ``tokenizer/``, and ``vae/`` unless ``vae`` is
+    ``None`` (a teacher that reuses another folder's VAE: set ``model.pretrained.vae`` to it), plus
+    ``avdm_export.json``. There is no ``model_index.json``: no diffusers pipeline runs a transformer with
+    avdm's coordinate channels (``avdm_export.json`` names them)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    transformer.save_pretrained(out / "transformer", safe_serialization=True)
+    FlowMatchEulerDiscreteScheduler.from_config(scheduler_config).save_pretrained(out / "scheduler")
+    prompt_encoder.text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    prompt_encoder.tokenizer.save_pretrained(out / "tokenizer")
+    tok_cfg_path = out / "tokenizer" / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text())
+    tok_cfg["model_max_length"] = prompt_encoder.max_length
+    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+    if vae is not None:
+        vae.save_pretrained(out / "vae", safe_serialization=True)
+    record = {"avdm_version": avdm_version(), "role": "teacher", "family": "flow", **(info or {})}
+    (out / "avdm_export.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out
 
 
 def export_student(module: DistillationModule, out_dir: str | Path, use_ema: bool = True) -> Path:

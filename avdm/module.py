@@ -348,8 +348,9 @@ class DistillationModule(L.LightningModule):
     def pipeline_parts(self) -> dict[str, Any]:
         """The generator (its EMA when kept) as a teacher pipeline, for :func:`avdm.export.export_teacher`
         (stages of training a teacher with :class:`~avdm.losses.DenoisingLoss`)."""
+        denoiser = self.sampling_generator().denoiser
         return {
-            "unet": self.sampling_generator().denoiser.model,
+            "model": denoiser.model,
             "vae": self.vae,
             "prompt_encoder": self.prompt_encoder,
             "scheduler_config": self.scheduler_config,
@@ -357,6 +358,7 @@ class DistillationModule(L.LightningModule):
                 "stage": "denoising",
                 "generator_steps": int(self.generator_steps),
                 "weights": "ema" if self.generator_ema is not None else "generator",
+                "position_channels": list(getattr(denoiser, "position", ())),
                 "sources": self.sources,
             },
         }

@@ -131,15 +131,67 @@ class FrameUNetDenoiser(Denoiser):
         return _unet_feature_layers(self.model)
 
 
+POSITION_CHANNELS = ("frame", "y", "x")
+
+
+def position_channels(x_t: Tensor, axes: Sequence[str]) -> Tensor:
+    """Coordinate channels ``(B, len(axes), F, H, W)`` of a latent ``x_t (B, C, F, H, W)``.
+
+    Each named axis (``frame``, ``y``, ``x``) gets ``linspace(-1, 1, n)`` along itself, constant along the
+    others; an axis of length 1 gets 0 (a single frame has no place in time).
+    """
+    b, _, f, h, w = x_t.shape
+    sizes = {"frame": (f, 2), "y": (h, 3), "x": (w, 4)}
+    channels = []
+    for axis in axes:
+        n, dim = sizes[axis]
+        ramp = torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1)
+        shape = [1, 1, 1, 1, 1]
+        shape[dim] = n
+        channels.append(ramp.view(shape).to(x_t).expand(b, 1, f, h, w))
+    return torch.cat(channels, dim=1)
+
+
 class VideoTransformerDenoiser(Denoiser):
     """A flow-matching video transformer on ``(B, C, F, H, W)`` latents (diffusers Wan layout).
 
     Feature layers are transformer blocks; their token sequences ``(B, F' H' W', D)`` are unfolded
     to ``(B, D, F', H', W')`` with the model's patch size.
+
+    Args:
+        model: a ``WanTransformer3DModel``.
+        schedule: its flow-matching schedule.
+        position: coordinate channels (``frame``, ``y``, ``x``; see :func:`position_channels`)
+            concatenated to the latent before the patch embedding, as Wan's image-to-video model
+            concatenates its conditioning channels (``in_channels = out_channels + len(position)``).
+            Wan's rotary embedding is relative only; these give the network absolute places in time
+            and space, which a prompt like "moving left" needs from pure noise (where in the frame the
+            object starts, where it ends).
     """
 
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule, position: Sequence[str] = ()) -> None:
+        super().__init__(model, schedule)
+        unknown = [a for a in position if a not in POSITION_CHANNELS]
+        if unknown or len(set(position)) != len(position):
+            raise ValueError(
+                f"model.position must be distinct names from {POSITION_CHANNELS}, got {list(position)}"
+            )
+        cfg = model.config
+        if cfg.in_channels != cfg.out_channels + len(position):
+            raise ValueError(
+                f"the transformer takes {cfg.in_channels} input channels and predicts {cfg.out_channels}: "
+                f"model.position must name {cfg.in_channels - cfg.out_channels} coordinate channel(s), "
+                f"got {list(position)}"
+            )
+        self.position = tuple(position)
+
+    def _model_input(self, x_t: Tensor) -> Tensor:
+        if not self.position:
+            return x_t
+        return torch.cat([x_t, position_channels(x_t, self.position)], dim=1)
+
     def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
-        return self.model(x_t, timestep, encoder_hidden_states=text, return_dict=False)[0]
+        return self.model(self._model_input(x_t), timestep, encoder_hidden_states=text, return_dict=False)[0]
 
     def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
         pf, ph, pw = self.model.config.patch_size
@@ -150,6 +202,28 @@ class VideoTransformerDenoiser(Denoiser):
     def default_feature_layers(self) -> tuple[str, ...]:
         n = len(self.model.blocks)
         return tuple(f"blocks.{i}" for i in sorted({0, n // 2, n - 1}))
+
+
+class FrameTransformerDenoiser(VideoTransformerDenoiser):
+    """The video transformer applied to every frame as a one-frame clip: the 2D (image) view of a
+    Wan-style teacher, sharing every weight with it (Wan is trained jointly on images and videos).
+
+    ``(B, C, F, H, W)`` is folded to ``(B * F, C, 1, H, W)``, text repeated per frame; features unfold to
+    ``(B, D, F, H', W')``.
+    """
+
+    def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
+        b, _, f = x_t.shape[:3]
+        frames = rearrange(x_t, "b c f h w -> (b f) c 1 h w")
+        out = super()._call_model(
+            frames, timestep.repeat_interleave(f, dim=0), text.repeat_interleave(f, dim=0)
+        )
+        return rearrange(out, "(b f) c 1 h w -> b c f h w", b=b)
+
+    def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
+        _, ph, pw = self.model.config.patch_size
+        h, w = x_t.shape[3] // ph, x_t.shape[4] // pw
+        return rearrange(feature, "(b f) (h w) d -> b d f h w", b=x_t.shape[0], h=h, w=w)
 
 
 def freeze_(module: nn.Module) -> nn.Module:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow", "sample")
+T_DENSITIES = ("uniform", "logit_normal")
 
 
 def _expand(coef: Tensor, like: Tensor) -> Tensor:
@@ -127,11 +128,28 @@ class NoiseSchedule(abc.ABC):
         t_max: float = 1.0,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        density: str = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
     ) -> Tensor:
-        """Draw ``t ~ U[t_min, t_max]`` (then the family's shift), shape ``(batch_size,)``."""
+        """Draw ``u`` in ``[t_min, t_max]``, then the family's shift; shape ``(batch_size,)``.
+
+        ``density``: ``uniform`` (``u ~ U[t_min, t_max]``) or ``logit_normal`` (SD3, Esser et al. 2024:
+        ``sigmoid(n)``, ``n ~ N(logit_mean, logit_std^2)``, mapped affinely onto ``[t_min, t_max]``), which
+        puts most samples at middle noise levels where the flow-matching target is hardest to predict.
+        """
         if not 0.0 <= t_min < t_max <= 1.0:
             raise ValueError(f"t-range must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
-        u = torch.rand(batch_size, generator=generator, device=generator.device if generator else device)
+        if density not in T_DENSITIES:
+            raise ValueError(f"density must be one of {T_DENSITIES}, got {density!r}")
+        if logit_std <= 0:
+            raise ValueError(f"logit_std must be > 0, got {logit_std}")
+        where = generator.device if generator else device
+        if density == "uniform":
+            u = torch.rand(batch_size, generator=generator, device=where)
+        else:
+            n = torch.randn(batch_size, generator=generator, device=where)
+            u = torch.sigmoid(logit_mean + logit_std * n)
         return self.shift_t(t_min + (t_max - t_min) * u).to(device)
 
 

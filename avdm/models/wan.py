@@ -12,17 +12,20 @@ Clip sizes: ``num_frames`` pixel frames map to ``(num_frames - 1) // temporal + 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
-from torch import Tensor
-from transformers import AutoTokenizer, UMT5EncoderModel
+from diffusers import AutoencoderKL, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from torch import Tensor, nn
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
+from avdm.errors import MissingWeightsError
 from avdm.models.animatediff import tiny_prompt_encoder
 from avdm.models.bundle import ModelBundle, PromptEncoder, load_pretrained, parse_dtype
-from avdm.models.denoiser import VideoTransformerDenoiser
+from avdm.models.denoiser import FrameTransformerDenoiser, VideoTransformerDenoiser
 from avdm.models.schedules import FlowMatchingSchedule
 
 DEFAULT_TINY_SHIFT = 3.0
@@ -62,13 +65,15 @@ def tiny_wan_transformer(
     ffn_dim: int = 32,
     num_layers: int = 2,
     rope_max_seq_len: int = 32,
+    position_channels: int = 0,
 ) -> WanTransformer3DModel:
-    """A small ``WanTransformer3DModel`` (same blocks as Wan2.1, a few thousand parameters per layer)."""
+    """A small ``WanTransformer3DModel`` (same blocks as Wan2.1, a few thousand parameters per layer);
+    ``position_channels`` extra input channels carry coordinates (``VideoTransformerDenoiser.position``)."""
     return WanTransformer3DModel(
         patch_size=tuple(patch_size),
         num_attention_heads=num_attention_heads,
         attention_head_dim=attention_head_dim,
-        in_channels=latent_channels,
+        in_channels=latent_channels + position_channels,
         out_channels=latent_channels,
         text_dim=text_dim,
         freq_dim=freq_dim,
@@ -108,9 +113,13 @@ def tiny_wan_vae(
     )
 
 
-def vae_factors(vae: AutoencoderKLWan) -> tuple[int, int]:
-    """``(temporal, spatial)`` compression of a Wan VAE, read from its architecture."""
-    return 2 ** sum(bool(d) for d in vae.config.temperal_downsample), 2 ** (len(vae.config.dim_mult) - 1)
+def vae_factors(vae: nn.Module) -> tuple[int, int]:
+    """``(temporal, spatial)`` compression of a VAE, read from its architecture: Wan's causal video VAE, or
+    an image VAE (``AutoencoderKL``, time factor 1) run per frame."""
+    cfg = vae.config
+    if hasattr(cfg, "temperal_downsample"):
+        return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
+    return 1, 2 ** (len(cfg.block_out_channels) - 1)
 
 
 def scheduler_shift(scheduler_config: dict[str, Any]) -> float:
@@ -129,7 +138,7 @@ def latent_shape(
     channels: int,
     num_frames: int,
     resolution: int | Sequence[int],
-    vae: AutoencoderKLWan,
+    vae: nn.Module,
     patch: Sequence[int],
 ) -> tuple[int, int, int, int]:
     """``(C, F, H, W)`` of one clip's latent; the sizes must fit the VAE factors and the patch size."""
@@ -151,26 +160,98 @@ def latent_shape(
     return channels, frames, height // spatial, width // spatial
 
 
-def _build_tiny(sizes: dict[str, Any], seed: int) -> tuple[Any, Any, PromptEncoder, dict[str, Any]]:
+def _subfolder_config(folder: str, subfolder: str) -> dict[str, Any] | None:
+    path = Path(folder).expanduser() / subfolder / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_vae(source: str, subfolder: str | None, key: str, dtype: torch.dtype, local: bool) -> nn.Module:
+    """The VAE of a diffusers folder: ``AutoencoderKL`` (image VAE, per frame) or ``AutoencoderKLWan``,
+    by the ``_class_name`` of its config (hub ids: Wan's)."""
+    config = _subfolder_config(source, subfolder or "")
+    cls = AutoencoderKL if (config or {}).get("_class_name") == "AutoencoderKL" else AutoencoderKLWan
+    return load_pretrained(
+        f"the VAE ({cls.__name__})",
+        key,
+        cls.from_pretrained,
+        source,
+        subfolder=subfolder,
+        torch_dtype=dtype,
+        local_files_only=local,
+    )
+
+
+def load_prompt_encoder(
+    source: str, key: str, dtype: torch.dtype, local: bool, max_length: int | None
+) -> PromptEncoder:
+    """Tokenizer + text encoder of a diffusers folder (``tokenizer/``, ``text_encoder/``): UMT5 (Wan, padded
+    positions zeroed) or CLIP (``last_hidden_state``, padded to the tokenizer's ``model_max_length``)."""
+    config = _subfolder_config(source, "text_encoder")
+    if (config or {}).get("model_type") == "clip_text_model":
+        tokenizer = load_pretrained(
+            "the tokenizer",
+            key,
+            CLIPTokenizer.from_pretrained,
+            source,
+            subfolder="tokenizer",
+            local_files_only=local,
+        )
+        encoder = load_pretrained(
+            "the CLIP text encoder",
+            key,
+            CLIPTextModel.from_pretrained,
+            source,
+            subfolder="text_encoder",
+            torch_dtype=dtype,
+            local_files_only=local,
+        )
+        return PromptEncoder(tokenizer, encoder, max_length=max_length)
+    tokenizer = load_pretrained(
+        "the tokenizer",
+        key,
+        AutoTokenizer.from_pretrained,
+        source,
+        subfolder="tokenizer",
+        local_files_only=local,
+    )
+    encoder = load_pretrained(
+        "the UMT5 text encoder",
+        key,
+        UMT5EncoderModel.from_pretrained,
+        source,
+        subfolder="text_encoder",
+        torch_dtype=dtype,
+        local_files_only=local,
+    )
+    return MaskedPromptEncoder(tokenizer, encoder, max_length=max_length or 512)
+
+
+def _build_tiny(
+    sizes: dict[str, Any], seed: int, position: int, encoders: tuple[nn.Module, PromptEncoder] | None
+) -> tuple[Any, Any, PromptEncoder, dict[str, Any]]:
     torch.manual_seed(seed)
-    text_sizes = dict(sizes.get("text", {}))
-    prompt_encoder = tiny_prompt_encoder(**text_sizes)
+    if encoders is None:
+        prompt_encoder = tiny_prompt_encoder(**dict(sizes.get("text", {})))
+    else:
+        prompt_encoder = encoders[1]
     text_width = prompt_encoder.text_encoder.config.hidden_size
     transformer_sizes = dict(sizes.get("transformer", {}))
-    if transformer_sizes.setdefault("text_dim", text_width) != text_width:
-        raise ValueError(
-            f"model.tiny.transformer.text_dim={transformer_sizes['text_dim']} must equal the text "
-            f"encoder's width model.tiny.text.hidden_size={text_width}"
-        )
+    transformer_sizes.setdefault("text_dim", text_width)
+    transformer_sizes.setdefault("position_channels", position)
     transformer = tiny_wan_transformer(**transformer_sizes)
-    vae_sizes = dict(sizes.get("vae", {}))
-    vae_sizes.setdefault("latent_channels", transformer.config.in_channels)
-    vae = tiny_wan_vae(**vae_sizes)
+    if encoders is None:
+        vae_sizes = dict(sizes.get("vae", {}))
+        vae_sizes.setdefault("latent_channels", transformer.config.out_channels)
+        vae = tiny_wan_vae(**vae_sizes)
+    else:
+        vae = encoders[0]
     scheduler_config = dict(FlowMatchEulerDiscreteScheduler(shift=DEFAULT_TINY_SHIFT).config)
     return transformer, vae, prompt_encoder, scheduler_config
 
 
-def _build_pretrained(p: dict[str, Any]) -> tuple[Any, Any, PromptEncoder, dict[str, Any], dict[str, str]]:
+def _build_pretrained(
+    p: dict[str, Any], load_encoders: bool = True
+) -> tuple[Any, Any, PromptEncoder | None, dict[str, Any], dict[str, str]]:
     base = p.get("base_model")
     if not base:
         raise ValueError("model.pretrained.base_model must name a hub id or local folder")
@@ -186,36 +267,10 @@ def _build_pretrained(p: dict[str, Any]) -> tuple[Any, Any, PromptEncoder, dict[
         torch_dtype=dtype,
         local_files_only=local,
     )
-    vae_src = p.get("vae") or base
-    vae = load_pretrained(
-        "the Wan VAE",
-        "model.pretrained.vae" if p.get("vae") else key,
-        AutoencoderKLWan.from_pretrained,
-        vae_src,
-        subfolder=None if p.get("vae") else "vae",
-        # Wan's VAE is numerically fragile in half precision; its pipeline keeps it in fp32.
-        torch_dtype=parse_dtype(p.get("vae_dtype", "float32")),
-        local_files_only=local,
-    )
-    tokenizer = load_pretrained(
-        "the tokenizer",
-        key,
-        AutoTokenizer.from_pretrained,
-        base,
-        subfolder="tokenizer",
-        local_files_only=local,
-    )
-    text_encoder = load_pretrained(
-        "the UMT5 text encoder",
-        key,
-        UMT5EncoderModel.from_pretrained,
-        base,
-        subfolder="text_encoder",
-        torch_dtype=parse_dtype(p.get("text_encoder_dtype") or p.get("dtype", "float32")),
-        local_files_only=local,
-    )
-    max_length = int(p.get("max_text_length", 512))
-    prompt_encoder = MaskedPromptEncoder(tokenizer, text_encoder, max_length=max_length)
+    sources = {"teacher": base}
+    vae, prompt_encoder = None, None
+    if load_encoders:
+        vae, prompt_encoder = _pretrained_encoders(p, base, dtype, local, sources)
     scheduler_config = dict(
         load_pretrained(
             "the scheduler config",
@@ -226,7 +281,43 @@ def _build_pretrained(p: dict[str, Any]) -> tuple[Any, Any, PromptEncoder, dict[
             local_files_only=local,
         )
     )
-    return transformer, vae, prompt_encoder, scheduler_config, {"teacher": base, "vae": vae_src}
+    return transformer, vae, prompt_encoder, scheduler_config, sources
+
+
+def _pretrained_encoders(
+    p: dict[str, Any], base: str, dtype: torch.dtype, local: bool, sources: dict[str, str]
+) -> tuple[nn.Module, PromptEncoder]:
+    key = "model.pretrained.base_model"
+    vae_src = p.get("vae") or base
+    # Wan's VAE is numerically fragile in half precision; its pipeline keeps it in fp32.
+    vae = load_vae(
+        vae_src,
+        None if p.get("vae") else "vae",
+        "model.pretrained.vae" if p.get("vae") else key,
+        parse_dtype(p.get("vae_dtype", "float32")),
+        local,
+    )
+    text_src = p.get("text_encoder") or base
+    prompt_encoder = load_prompt_encoder(
+        text_src,
+        "model.pretrained.text_encoder" if p.get("text_encoder") else key,
+        parse_dtype(p.get("text_encoder_dtype") or p.get("dtype", "float32")),
+        local,
+        p.get("max_text_length"),
+    )
+    sources.update(vae=vae_src, text_encoder=text_src)
+    return vae, prompt_encoder
+
+
+def _encoders_from(folder: str, local: bool = True) -> tuple[nn.Module, PromptEncoder]:
+    """The VAE and the prompt encoder of a diffusers folder (``vae/``, ``text_encoder/``, ``tokenizer/``)."""
+    if not Path(folder).expanduser().is_dir():
+        raise MissingWeightsError(
+            f"Missing the encoders folder: the local path '{folder}' does not exist; "
+            "set model.encoders=/path/to/a/diffusers/folder (with vae/, text_encoder/, tokenizer/)."
+        )
+    vae = load_vae(folder, "vae", "model.encoders", torch.float32, local)
+    return vae, load_prompt_encoder(folder, "model.encoders", torch.float32, local, None)
 
 
 def build_wan(
@@ -237,46 +328,78 @@ def build_wan(
     num_frames: int = 81,
     resolution: int | Sequence[int] = (480, 832),
     seed: int = 0,
+    encoders: str | None = None,
+    position: Sequence[str] = (),
+    image_teacher: str = "none",
 ) -> ModelBundle:
     """Build a Wan-style flow-matching teacher family.
 
     Args:
-        source: ``pretrained`` (a diffusers Wan folder or hub id: subfolders ``transformer``, ``vae``,
+        source: ``pretrained`` (a diffusers folder or hub id: subfolders ``transformer``, ``vae``,
             ``text_encoder``, ``tokenizer``, ``scheduler``) or ``tiny`` (random weights, sizes under
             ``tiny``).
-        pretrained: ``base_model``; optional ``vae`` (a separate folder), ``dtype`` (the transformer),
+        pretrained: ``base_model``; optional ``vae`` (a separate VAE folder: ``AutoencoderKLWan``, or an
+            image ``AutoencoderKL`` run per frame), ``text_encoder`` (a separate folder with
+            ``text_encoder/`` + ``tokenizer/``: UMT5 or CLIP), ``dtype`` (the transformer),
             ``text_encoder_dtype`` (default: ``dtype``), ``vae_dtype`` (default float32),
-            ``max_text_length`` (default 512, Wan's), ``local_files_only``.
+            ``max_text_length`` (default: 512 for UMT5, the tokenizer's for CLIP), ``local_files_only``.
         tiny: keyword sizes for :func:`tiny_wan_transformer` (``transformer``), :func:`tiny_wan_vae` (``vae``)
             and :func:`~avdm.models.animatediff.tiny_prompt_encoder` (``text``); the transformer's
             ``text_dim`` follows the text encoder's width.
         shift: the flow timestep shift of the teacher's schedule and sampler; ``None`` reads it from the
             teacher's scheduler config (``flow_shift`` / ``shift``; tiny: 3.0).
-        num_frames: pixel frames per clip (``1 + 4k`` for Wan's VAE; tiny VAEs may have time factor 1).
+        num_frames: pixel frames per clip (``1 + 4k`` for Wan's VAE; image VAEs and tiny VAEs with time
+            factor 1 take any count).
         resolution: pixels, ``H = W`` or ``[H, W]``; a multiple of VAE factor x patch size.
         seed: initialization seed of tiny models.
+        encoders: a diffusers folder whose ``vae/``, ``text_encoder/`` and ``tokenizer/`` replace the
+            tiny (or the base model's) VAE and prompt encoder, e.g. the shipped shapes teacher's.
+        position: coordinate channels fed to the transformer besides the latent (``frame``, ``y``, ``x``;
+            :class:`~avdm.models.denoiser.VideoTransformerDenoiser`); a tiny transformer is built with
+            that many extra input channels.
+        image_teacher: ``none`` or ``shared``: the same transformer on one-frame clips
+            (:class:`~avdm.models.denoiser.FrameTransformerDenoiser`), the 2D teacher of AVDM2's frame SDM.
 
     Returns:
-        A :class:`ModelBundle` with ``image_teacher=None`` and a ``FlowMatchEulerDiscreteScheduler``
-        ``scheduler_config`` whose ``shift`` equals the teacher schedule's.
+        A :class:`ModelBundle` and a ``FlowMatchEulerDiscreteScheduler`` ``scheduler_config`` whose ``shift``
+        equals the teacher schedule's.
     """
-    if source == "tiny":
-        transformer, vae, prompt_encoder, loaded_scheduler = _build_tiny(dict(tiny or {}), seed)
-        sources = {"teacher": f"tiny (random init, seed {seed})"}
-    elif source == "pretrained":
-        built = _build_pretrained(dict(pretrained or {}))
-        transformer, vae, prompt_encoder, loaded_scheduler, sources = built
-    else:
+    if image_teacher not in ("none", "shared"):
+        raise ValueError(f"model.image_teacher must be 'none' or 'shared', got {image_teacher!r}")
+    position = tuple(position or ())
+    if source not in ("tiny", "pretrained"):
         raise ValueError(f"model.source must be 'pretrained' or 'tiny', got {source!r}")
+    shared = _encoders_from(encoders) if encoders else None
+    if source == "tiny":
+        built = _build_tiny(dict(tiny or {}), seed, len(position), shared)
+        transformer, vae, prompt_encoder, loaded_scheduler = built
+        sources = {"teacher": f"tiny (random init, seed {seed})"}
+    else:
+        built = _build_pretrained(dict(pretrained or {}), load_encoders=shared is None)
+        transformer, vae, prompt_encoder, loaded_scheduler, sources = built
+    if shared is not None:
+        vae, prompt_encoder = shared
+        sources.update(vae=str(encoders), text_encoder=str(encoders))
+    text_width = prompt_encoder.text_encoder.config.hidden_size
+    if transformer.config.text_dim != text_width:
+        raise ValueError(
+            f"the transformer's text_dim={transformer.config.text_dim} must equal the text encoder's width "
+            f"{text_width} (model.tiny.transformer.text_dim / model.tiny.text.hidden_size / model.encoders)"
+        )
     shift = scheduler_shift(loaded_scheduler) if shift is None else float(shift)
     num_train_timesteps = int(loaded_scheduler.get("num_train_timesteps", 1000))
     scheduler_config = dict(
         FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift).config
     )
     schedule = FlowMatchingSchedule(shift=shift, num_train_timesteps=num_train_timesteps)
-    video = VideoTransformerDenoiser(transformer, schedule)
-    sources["image_teacher"] = "none (Wan has no 2D teacher)"
+    video = VideoTransformerDenoiser(transformer, schedule, position)
+    image = None
+    if image_teacher == "shared":
+        image = FrameTransformerDenoiser(transformer, schedule, position)
+        sources["image_teacher"] = "shared with the video teacher (one-frame clips)"
+    else:
+        sources["image_teacher"] = "none"
     shape = latent_shape(
-        transformer.config.in_channels, num_frames, resolution, vae, transformer.config.patch_size
+        transformer.config.out_channels, num_frames, resolution, vae, transformer.config.patch_size
     )
-    return ModelBundle(video, None, prompt_encoder, vae, scheduler_config, sources, shape)
+    return ModelBundle(video, image, prompt_encoder, vae, scheduler_config, sources, shape)
