@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
@@ -294,11 +296,20 @@ def test_accvideo_experiments_compose_and_validate():
     tiny = _compose("train", "+experiment=accvideo_tiny", "paths.output_dir=/tmp/x")
     validate(tiny)
     assert set(tiny.loss) == {"regression", "gan"} and tiny.model._target_ == "avdm.models.wan.build_wan"
-    assert list(tiny.module.generator_timesteps) == [1000, 750, 500, 250]
+    # The ladder is the times of the key points the student learns from: 5 of an 8-step SynVid (shift 3).
+    assert list(tiny.module.generator_timesteps) == pytest.approx(
+        _key_timesteps(8, 3.0, [0, 2, 4, 6]), abs=1e-3
+    )
     real = _compose("train", "+experiment=accvideo", "paths.output_dir=/tmp/x")
     validate(real)
     assert real.model.source == "pretrained" and list(real.data.key_steps) == [0, 10, 20, 30, 40, 50]
     assert len(real.module.generator_timesteps) == len(real.data.key_steps) - 1
+
+
+def _key_timesteps(num_steps: int, shift: float, keys: list[int]) -> list[float]:
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(num_steps)
+    return [float(scheduler.timesteps[k]) for k in keys]
 
 
 def test_accvideo_tiny_trains_on_a_synthesized_root(tmp_path):
@@ -324,6 +335,11 @@ def test_accvideo_tiny_trains_on_a_synthesized_root(tmp_path):
         "trainer.enable_progress_bar=false",
         "callbacks.samples.every_n_steps=0",
     )
+    # The experiment's ladder is an 8-step root's: a 4-step root is refused, naming the ladder it needs.
+    ladder = [round(t, 3) for t in _key_timesteps(4, 3.0, [0, 1, 2, 3])]
+    with pytest.raises(ConfigError, match=re.escape(f"set module.generator_timesteps={ladder}")):
+        fit(cfg)
+    cfg.module.generator_timesteps = ladder
     metrics = fit(cfg)
     assert metrics["generator_steps"] == 2 and metrics["critic_steps"] == 4
     # The sample grid was decoded by the Wan (3D) VAE at the end of training.
