@@ -7,7 +7,9 @@ Metrics, written as ``results.json`` and ``results.md`` in ``--out``:
   extractors are not comparable).
 * Temporal consistency: mean cosine similarity of consecutive, mean-centred frames (1 = static video;
   flicker and scene jumps lower it).
-* Prompt accuracy (colour, shape, direction read from the pixels) when every caption is a shapes caption.
+* Prompt accuracy (colour, shape, direction read from the pixels) and FVD on the features of the shipped
+  shapes classifier (``fvd_shapes``; :mod:`avdm.metrics.shapes_classifier`) when every caption is a shapes
+  caption.
 
 Captions come from ``captions.csv`` (``video,caption``) in the generated folder, else from file names
 as ``avdm.sample`` writes them (``NN_a_red_circle_moving_left.mp4``).
@@ -108,6 +110,11 @@ def evaluate(
     accuracy = PromptAccuracy()
     accuracy.update(fake, captions)
     result.update({f"prompt_accuracy_{k}": float(v) for k, v in accuracy.compute().items()})
+    # Shapes captions: also FVD on the features of the shapes classifier, which see content and motion.
+    shapes_fvd = build_fvd(None, extractor="shapes")
+    shapes_fvd.update(real, real=True)
+    shapes_fvd.update(fake, real=False)
+    result.update(fvd_shapes=float(shapes_fvd.compute()), fvd_shapes_extractor=shapes_fvd.extractor_name)
     return result
 
 

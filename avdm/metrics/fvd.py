@@ -276,15 +276,25 @@ class FrechetVideoDistance(Metric):
         return torch.tensor(distance, dtype=torch.float64, device=mu_real.device)
 
 
-def build_fvd(i3d_path: str | Path | None, seed: int = 0) -> FrechetVideoDistance:
-    """FVD with the I3D extractor when ``i3d_path`` (config ``eval.i3d_path``) is given, else the fallback.
+def build_fvd(
+    i3d_path: str | Path | None, seed: int = 0, extractor: str | None = None
+) -> FrechetVideoDistance:
+    """FVD with the I3D extractor when ``i3d_path`` (config ``eval.i3d_path``) is given, else the fallback;
+    ``extractor="shapes"`` uses the shipped shapes classifier (:mod:`avdm.metrics.shapes_classifier`).
 
     Raises :class:`~avdm.errors.MissingWeightsError` when a path is given but no file is there.
     """
+    if extractor == "shapes":
+        from avdm.metrics.shapes_classifier import load_classifier
+
+        classifier = load_classifier()
+        return FrechetVideoDistance(classifier, classifier.feature_dim, classifier.name)
+    if extractor is not None:
+        raise ValueError(f"extractor must be None (I3D or the fallback) or 'shapes', got {extractor!r}")
     if i3d_path:
-        extractor: nn.Module = I3DFeatureExtractor(i3d_path)
+        features: nn.Module = I3DFeatureExtractor(i3d_path)
         name = f"i3d-torchscript:{Path(i3d_path).name}"
     else:
-        extractor = RandomProjectionVideoFeatures(seed)
-        name = extractor.name
-    return FrechetVideoDistance(extractor, extractor.feature_dim, name)
+        features = RandomProjectionVideoFeatures(seed)
+        name = features.name
+    return FrechetVideoDistance(features, features.feature_dim, name)
