@@ -2,7 +2,7 @@
 PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install test lint format demo demo-eval teacher bench clean
+.PHONY: help install test lint format demo demo-eval teacher teacher-flow shapes-classifier synvid-shapes bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,26 @@ teacher:  ## retrain the shipped shapes teacher (VAE, image UNet, motion modules
 	  model.pretrained.base_model=$(TEACHER_DIR)/stage_vae callbacks.export.out_dir=$(TEACHER_DIR)/stage_image
 	$(PYTHON) -m avdm.train +experiment=teacher_shapes hydra.run.dir=$(TEACHER_DIR)/run_motion \
 	  model.pretrained.base_model=$(TEACHER_DIR)/stage_image callbacks.export.out_dir=avdm/assets/shapes_teacher
+
+SHAPES_DATA ?= data/shapes_32px_8f
+FLOW_DIR ?= outputs/teacher_shapes_flow
+teacher-flow:  ## train the flow-matching shapes teacher (WanTransformer3DModel) into avdm/assets/shapes_flow_teacher
+	$(PYTHON) -m avdm.data.shapes $(SHAPES_DATA) --num-videos 1200 --num-frames 8 --size 32
+	$(PYTHON) -m avdm.precompute model=wan_shapes_init data.csv=$(SHAPES_DATA)/shapes.csv \
+	  data.video_dir=$(SHAPES_DATA)/videos data.stride=1 root=data/latents/shapes_32px_8f \
+	  batch_size=50 shard_size=200 hydra.run.dir=$(FLOW_DIR)/precompute
+	$(PYTHON) -m avdm.train +experiment=teacher_shapes_flow hydra.run.dir=$(FLOW_DIR)/run \
+	  callbacks.export.out_dir=avdm/assets/shapes_flow_teacher
+
+shapes-classifier:  ## train the shapes video classifier (the shapes FVD extractor) into avdm/assets/shapes_classifier
+	$(PYTHON) -m avdm.metrics.shapes_classifier avdm/assets/shapes_classifier
+
+SYNVID_SHAPES ?= data/synvid/shapes_flow
+synvid-shapes:  ## SynVid from the shipped flow teacher: 600 trajectories of 50 Euler steps + CFG 4
+	$(PYTHON) -m avdm.data.shapes data/synvid/shapes_prompts.txt --prompts-per-caption 10
+	$(PYTHON) -m avdm.synthesize model=wan_shapes prompts=data/synvid/shapes_prompts.txt \
+	  root=$(SYNVID_SHAPES) sampler.num_steps=50 sampler.guidance_scale=4.0 batch_size=60 shard_size=60 \
+	  dtype=float16 hydra.run.dir=outputs/synthesize_shapes_flow
 
 bench:  ## benchmarks; results in benchmarks/results/
 	$(PYTHON) -m benchmarks.run

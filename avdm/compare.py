@@ -1,9 +1,11 @@
 """``python -m avdm.compare``: teacher and students on the same prompts and noise, one results table.
 
-Rows: the teacher at ``--teacher-steps`` (default 25) and at 4 DDIM steps, both with CFG, then every
+Rows: every ``--teacher`` (AnimateDiff: DDIM, flow transformers: Euler) at its full steps (25 / 50, or
+``--teacher-steps``) and at ``--few-steps`` (4), both with CFG, then every
 ``--student LABEL=CKPT`` at its full ladder, and held-out real clips (the floor of every metric). Each
 row writes its videos (``ROW/NNN.mp4`` + ``captions.csv``) and is scored with :func:`avdm.evaluate.evaluate`
-against a reference set of real clips: FVD (the extractor is named), prompt accuracy (shapes captions),
+against a reference set of real clips: FVD with the shapes classifier and with the fallback (or I3D)
+extractor (both named), prompt accuracy (shapes captions),
 temporal consistency, NFE and wall-clock seconds per video (text encoding + sampling + VAE decode, on
 this machine, batches of ``--batch-size``).
 
@@ -38,6 +40,7 @@ class Row:
     sampler: Sampler
     prompt_encoder: torch.nn.Module
     vae: torch.nn.Module
+    latent_shape: tuple[int, ...]
 
 
 def shapes_prompts(per_caption: int) -> list[str]:
@@ -51,7 +54,6 @@ def shapes_prompts(per_caption: int) -> list[str]:
 def generate(
     row: Row,
     prompts: Sequence[str],
-    latent_shape: Sequence[int],
     out: Path,
     seed: int,
     batch_size: int,
@@ -69,7 +71,7 @@ def generate(
         chunk = list(prompts[start : start + batch_size])
         noise = torch.stack(
             [
-                torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(seed * 100_003 + i))
+                torch.randn(row.latent_shape, generator=torch.Generator().manual_seed(seed * 100_003 + i))
                 for i in range(start, start + len(chunk))
             ]
         )
@@ -90,18 +92,51 @@ def generate(
     return seconds / len(prompts)
 
 
-def teacher_row(bundle, steps: int, guidance: float) -> Row:  # noqa: ANN001 (ModelBundle, lazy import)
-    from avdm.models.teacher_sampling import make_scheduler, sample_teacher
+def teacher_row(bundle, steps: int, guidance: float, name: str = "teacher") -> Row:  # noqa: ANN001
+    from avdm.models.teacher_sampling import make_scheduler, reference_sampler, sample_teacher
+
+    kind = reference_sampler(bundle.video_teacher)[0]
 
     def sampler(text: Tensor, uncond: Tensor, z: Tensor, rng: torch.Generator) -> Tensor:
-        scheduler = make_scheduler("ddim", bundle.scheduler_config)
+        scheduler = make_scheduler(kind, bundle.scheduler_config)
         return sample_teacher(
             bundle.video_teacher, scheduler, z, text, uncond, steps, guidance, generator=rng
         )
 
     nfe = steps * (2 if guidance != 1.0 else 1)
-    label = f"teacher, {steps} DDIM steps, CFG {guidance:g}"
-    return Row(label, nfe, sampler, bundle.prompt_encoder, bundle.vae)
+    label = f"{name}, {steps} {SAMPLER_NAMES[kind]} steps, CFG {guidance:g}"
+    return Row(label, nfe, sampler, bundle.prompt_encoder, bundle.vae, tuple(bundle.latent_shape))
+
+
+SAMPLER_NAMES = {"ddim": "DDIM", "flow_euler": "Euler", "euler": "Euler"}
+
+
+def load_teacher(spec: str):  # noqa: ANN201 (ModelBundle, lazy import)
+    """A teacher bundle from a ``conf/model`` config name (``animatediff_shapes``, ``wan_shapes``) or an
+    AnimateDiff diffusers folder."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import avdm.config  # noqa: F401  (the ${avdm_asset:...} resolver)
+    from avdm.models.animatediff import build_animatediff
+    from avdm.train import CONFIG_DIR
+
+    if Path(spec).is_dir():
+        bundle = build_animatediff(
+            source="pretrained",
+            pretrained={"base_model": spec, "motion_adapter": None, "local_files_only": True},
+            num_frames=8,
+            resolution=32,
+        )
+    else:
+        config = Path(CONFIG_DIR) / "model" / f"{spec}.yaml"
+        if not config.is_file():
+            names = sorted(p.stem for p in config.parent.glob("*.yaml"))
+            raise AvdmUserError(f"--teacher {spec!r}: not a folder nor a model config; configs: {names}")
+        bundle = instantiate(OmegaConf.load(config))
+    for part in (bundle.video_teacher, bundle.prompt_encoder, bundle.vae):
+        part.eval()
+    return bundle
 
 
 def student_row(label: str, ckpt: str) -> Row:
@@ -113,21 +148,29 @@ def student_row(label: str, ckpt: str) -> Row:
     def sampler(text: Tensor, uncond: Tensor, z: Tensor, rng: torch.Generator) -> Tensor:
         return generator.sample(z, text, generator=rng)
 
-    return Row(f"student: {label}", generator.num_steps, sampler, module.prompt_encoder, module.vae)
+    return Row(
+        f"student: {label}",
+        generator.num_steps,
+        sampler,
+        module.prompt_encoder,
+        module.vae,
+        tuple(module.latent_shape),
+    )
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
-    extractor = rows[0]["fvd_extractor"]
+    extractor, shapes_extractor = rows[0]["fvd_extractor"], rows[0]["fvd_shapes_extractor"]
     head = (
-        f"| run | NFE | s / video | FVD ({extractor}) | prompt accuracy | colour | shape | direction "
-        "| temporal consistency |\n|---|---|---|---|---|---|---|---|---|\n"
+        f"| run | NFE | s / video | FVD ({shapes_extractor}) | FVD ({extractor}) | prompt accuracy | colour "
+        "| shape | direction | temporal consistency |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
 
     def cell(value: object, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
     lines = [
-        f"| {r['label']} | {cell(r['nfe'], 'd')} | {cell(r['seconds_per_video'], '.4f')} | {r['fvd']:.4g} "
+        f"| {r['label']} | {cell(r['nfe'], 'd')} | {cell(r['seconds_per_video'], '.4f')} "
+        f"| {r['fvd_shapes']:.4g} | {r['fvd']:.4g} "
         f"| {r['prompt_accuracy_all']:.3f} | {r['prompt_accuracy_colour']:.3f} "
         f"| {r['prompt_accuracy_shape']:.3f} | {r['prompt_accuracy_direction']:.3f} "
         f"| {r['temporal_consistency']:.3f} |"
@@ -138,10 +181,10 @@ def markdown(rows: list[dict[str, object]]) -> str:
 
 def compare(
     students: Sequence[tuple[str, str]],
-    teacher: str,
+    teachers: Sequence[str] | str,
     out: Path,
     per_caption: int = 2,
-    teacher_steps: int = 25,
+    teacher_steps: int | None = None,
     few_steps: int = 4,
     guidance: float = 4.0,
     seed: int = 0,
@@ -151,34 +194,37 @@ def compare(
 ) -> list[dict[str, object]]:
     """Generate and score every row; returns the rows (also written as ``out/results.{json,md}``).
 
-    ``prompts``: shapes captions to use instead of every caption ``per_caption`` times.
+    ``teachers``: model config names or AnimateDiff folders (:func:`load_teacher`); each gives two rows,
+    its full sampler (``teacher_steps``, default: its reference sampler's) and ``few_steps``, both with
+    CFG ``guidance``. ``prompts``: shapes captions to use instead of every caption ``per_caption`` times.
     """
     from avdm.data.shapes import VIDEO_DIR, write_shapes_dataset
     from avdm.evaluate import evaluate
-    from avdm.models.animatediff import build_animatediff
+    from avdm.models.teacher_sampling import reference_sampler
 
     prompts = list(prompts) if prompts is not None else shapes_prompts(per_caption)
     # Real clips with seeds unseen in training: the reference, and a second draw as the "real" row.
     reference = write_shapes_dataset(out / "reference", len(prompts), num_frames=8, size=32, seed=10_001)
     real = write_shapes_dataset(out / "real_heldout", len(prompts), num_frames=8, size=32, seed=10_002)
-    bundle = build_animatediff(
-        source="pretrained",
-        pretrained={"base_model": teacher, "motion_adapter": None, "local_files_only": True},
-        num_frames=8,
-        resolution=32,
-    )
-    for part in (bundle.video_teacher, bundle.prompt_encoder, bundle.vae):
-        part.eval()
-    rows = [teacher_row(bundle, teacher_steps, guidance), teacher_row(bundle, few_steps, guidance)]
+    teachers = [teachers] if isinstance(teachers, str) else list(teachers)
+    rows: list[Row] = []
+    for spec in teachers:
+        bundle = load_teacher(spec)
+        name = "teacher" if len(teachers) == 1 else f"teacher {Path(spec).name}"
+        full = teacher_steps or reference_sampler(bundle.video_teacher)[1]
+        rows += [teacher_row(bundle, full, guidance, name), teacher_row(bundle, few_steps, guidance, name)]
     rows += [student_row(label, ckpt) for label, ckpt in students]
     torch.set_grad_enabled(False)
     results: list[dict[str, object]] = []
     for i, row in enumerate(rows):
         folder = out / f"row{i}"
-        seconds = generate(row, prompts, bundle.latent_shape, folder, seed, batch_size)
+        seconds = generate(row, prompts, folder, seed, batch_size)
         scores = evaluate(folder, reference.parent / VIDEO_DIR, i3d_path, num_frames=8, resolution=32)
         results.append({"label": row.label, "nfe": row.nfe, "seconds_per_video": seconds, **scores})
-        print(f"{row.label}: FVD {scores['fvd']:.1f}, prompt accuracy {scores['prompt_accuracy_all']:.3f}")
+        print(
+            f"{row.label}: FVD {scores['fvd_shapes']:.4g} (shapes) {scores['fvd']:.4g} (fallback), "
+            f"prompt accuracy {scores['prompt_accuracy_all']:.3f}"
+        )
     # The dataset CSV holds the real clips' captions; evaluate() reads captions.csv beside the videos.
     shutil.copyfile(real, real.parent / VIDEO_DIR / "captions.csv")
     scores = evaluate(real.parent / VIDEO_DIR, reference.parent / VIDEO_DIR, i3d_path, 8, 32)
@@ -196,9 +242,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument(
         "--student", action="append", default=[], metavar="LABEL=CKPT", help="a student row (repeatable)"
     )
-    parser.add_argument("--teacher", default=asset_path("shapes_teacher"), help="teacher diffusers folder")
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        default=None,
+        help="a teacher: conf/model config name (animatediff_shapes, wan_shapes) or AnimateDiff folder "
+        "(repeatable; default: the shipped AnimateDiff shapes teacher)",
+    )
     parser.add_argument("--per-caption", type=int, default=2, help="videos per shapes caption (60 captions)")
-    parser.add_argument("--teacher-steps", type=int, default=25)
+    parser.add_argument(
+        "--teacher-steps", type=int, default=None, help="full teacher steps (default: DDIM 25, flow Euler 50)"
+    )
+    parser.add_argument("--few-steps", type=int, default=4, help="the teacher's second row")
     parser.add_argument("--guidance", type=float, default=4.0, help="teacher CFG scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=30)
@@ -213,10 +268,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         students.append((label, ckpt))
     results = compare(
         students,
-        args.teacher,
+        args.teacher or [asset_path("shapes_teacher")],
         args.out,
         args.per_caption,
         args.teacher_steps,
+        few_steps=args.few_steps,
         guidance=args.guidance,
         seed=args.seed,
         batch_size=args.batch_size,

@@ -1,7 +1,8 @@
 """``python -m avdm.sample CKPT --prompts P [P ...]``: videos from a trained student (or its teacher).
 
-Student: ``--steps`` of the generator's ladder (default all). Teacher: ``--teacher --scheduler ddim
---steps 25 --guidance 7.5``. Writes one mp4 per prompt and ``grid.mp4`` to ``--out``.
+Student: ``--steps`` of the generator's ladder (default all). Teacher: ``--teacher`` with its own sampler
+(DDIM 25 steps for AnimateDiff, ``flow_euler`` 50 steps for flow transformers; ``--scheduler``, ``--steps``)
+and ``--guidance 7.5``. Writes one mp4 per prompt and ``grid.mp4`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from avdm.checkpoints import LoadedRun, load_run
 from avdm.errors import ConfigError, report_user_errors
-from avdm.models.teacher_sampling import SCHEDULERS, make_scheduler, sample_teacher
+from avdm.models.teacher_sampling import SCHEDULERS, make_scheduler, reference_sampler, sample_teacher
 from avdm.models.vae import decode_latents
 from avdm.visualize import video_grid, write_mp4
 
@@ -56,13 +57,20 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(prog="python -m avdm.sample", description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="<run>/checkpoints/NAME.ckpt")
     parser.add_argument("--prompts", nargs="+", required=True)
-    parser.add_argument("--steps", type=int, default=None, help="student: <= ladder length; teacher: 25")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="student: <= ladder length; teacher: 25 (DDIM) / 50 (flow)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="samples", help="output folder")
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--no-ema", action="store_true", help="student: the raw generator, not its EMA")
     parser.add_argument("--teacher", action="store_true", help="sample the frozen teacher instead")
-    parser.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS))
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        choices=sorted(SCHEDULERS),
+        help="teacher sampler (default: ddim for AnimateDiff, flow_euler for flow transformers)",
+    )
     parser.add_argument("--guidance", type=float, default=7.5, help="teacher CFG scale (1: none)")
     parser.add_argument("--config", default=None, help="run config (default <run>/.hydra/config.yaml)")
     args = parser.parse_args(argv)
@@ -71,9 +79,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if run.module.vae is None:
         raise ConfigError("model: the run has no VAE to decode samples with")
     if args.teacher:
-        steps = args.steps or 25
-        latents = teacher_latents(run, args.prompts, args.seed, steps, args.scheduler, args.guidance)
-        who = f"teacher ({args.scheduler}, {steps} steps, guidance {args.guidance})"
+        default_scheduler, default_steps = reference_sampler(run.module.teachers.video)
+        scheduler, steps = args.scheduler or default_scheduler, args.steps or default_steps
+        if steps < 1:
+            raise ConfigError(f"--steps must be >= 1 for the teacher, got {steps}")
+        latents = teacher_latents(run, args.prompts, args.seed, steps, scheduler, args.guidance)
+        who = f"teacher ({scheduler}, {steps} steps, guidance {args.guidance})"
     else:
         n = run.module.generator.num_steps
         if args.steps is not None and not 1 <= args.steps <= n:

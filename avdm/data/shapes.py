@@ -6,7 +6,8 @@ speed in one direction, from a seeded random start, staying fully inside the fra
 plus a CSV in OpenVid's layout (``video``, ``caption``), so :class:`avdm.data.openvid.OpenVidDataset`
 reads them; :mod:`avdm.metrics.prompt_accuracy` reads the three words back from pixels.
 
-CLI: ``python -m avdm.data.shapes ROOT --num-videos N``.
+CLI: ``python -m avdm.data.shapes ROOT --num-videos N``; ``python -m avdm.data.shapes FILE
+--prompts-per-caption N`` writes a prompt file instead.
 """
 
 from __future__ import annotations
@@ -165,6 +166,17 @@ def write_shapes_dataset(
     return csv_path
 
 
+def write_prompt_file(path: str | Path, per_caption: int) -> Path:
+    """Every caption ``per_caption`` times, one per line: a prompt file for ``python -m avdm.synthesize``."""
+    if per_caption < 1:
+        raise ValueError(f"per_caption must be >= 1, got {per_caption}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [caption(*combo) for combo in COMBINATIONS for _ in range(per_caption)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         prog="python -m avdm.data.shapes",
@@ -176,7 +188,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prompts-per-caption",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write only ROOT as a prompt file: every caption N times (for python -m avdm.synthesize)",
+    )
     args = parser.parse_args(argv)
+    if args.prompts_per_caption is not None:
+        path = write_prompt_file(args.root, args.prompts_per_caption)
+        print(f"wrote {args.prompts_per_caption * len(COMBINATIONS)} prompts to {path}")
+        return path
     csv_path = write_shapes_dataset(
         args.root, args.num_videos, args.num_frames, args.size, args.fps, args.seed
     )

@@ -38,7 +38,7 @@ def probe_inputs(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A small dummy input ``(x_t (1, C, F, H, W), t (1,), text (1, 1, D))`` for shape probing.
 
-    Defaults read the diffusers config of ``denoiser.model``: ``in_channels``; ``cross_attention_dim``
+    Defaults read the diffusers config of ``denoiser.model``: ``out_channels`` (the latent's); ``cross_attention_dim``
     (UNets) or ``text_dim`` (Wan); ``F = 2``; ``H = W = 2^len(block_out_channels)`` (UNets, so the deepest
     level is 2x2) or ``4 x`` the patch size (transformers).
     """
@@ -46,7 +46,8 @@ def probe_inputs(
     if text_dim is None:
         text_dim = _config_get(model, "cross_attention_dim") or _config_get(model, "text_dim")
     if probe_shape is None:
-        channels = _config_get(model, "in_channels")
+        # The latent's channels: a transformer may take more inputs (coordinate or conditioning channels).
+        channels = _config_get(model, "out_channels") or _config_get(model, "in_channels")
         blocks, patch = _config_get(model, "block_out_channels"), _config_get(model, "patch_size")
         if blocks is not None:
             probe_shape = (channels, 2, 2 ** len(blocks), 2 ** len(blocks))

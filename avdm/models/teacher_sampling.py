@@ -11,6 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from avdm.models.denoiser import Denoiser
+from avdm.models.schedules import FlowMatchingSchedule
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "ddim": DDIMScheduler,
@@ -18,6 +19,14 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "flow_euler": FlowMatchEulerDiscreteScheduler,
 }
 CFG_CONVENTIONS = ("standard", "dmd2")
+
+
+def reference_sampler(denoiser: Denoiser) -> tuple[str, int]:
+    """A teacher's own sampler and step count: flow Euler, 50 steps, for flow-matching teachers (Wan's
+    default); DDIM, 25 steps, for DDPM teachers (AnimateDiff's)."""
+    if isinstance(denoiser.schedule, FlowMatchingSchedule):
+        return "flow_euler", 50
+    return "ddim", 25
 
 
 def make_scheduler(name: str, scheduler_config: dict[str, Any], **overrides: Any) -> SchedulerMixin:
