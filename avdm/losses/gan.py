@@ -38,9 +38,9 @@ def probe_inputs(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A small dummy input ``(x_t (1, C, F, H, W), t (1,), text (1, 1, D))`` for shape probing.
 
-    Defaults read the diffusers config of ``denoiser.model``: ``out_channels`` (the latent's); ``cross_attention_dim``
-    (UNets) or ``text_dim`` (Wan); ``F = 2``; ``H = W = 2^len(block_out_channels)`` (UNets, so the deepest
-    level is 2x2) or ``4 x`` the patch size (transformers).
+    Defaults read the diffusers config of ``denoiser.model``: ``out_channels`` (the latent's);
+    ``cross_attention_dim`` (UNets) or ``text_dim`` (Wan); ``F = 2``; ``H = W = 2^len(block_out_channels)``
+    (UNets, so the deepest level is 2x2) or ``4 x`` the patch size (transformers).
     """
     model = denoiser.model
     if text_dim is None:
