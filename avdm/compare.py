@@ -5,9 +5,9 @@ Rows: every ``--teacher`` (AnimateDiff: DDIM, flow transformers: Euler) at its f
 ``--student LABEL=CKPT`` at its full ladder, and held-out real clips (the floor of every metric). Each
 row writes its videos (``ROW/NNN.mp4`` + ``captions.csv``) and is scored with :func:`avdm.evaluate.evaluate`
 against a reference set of real clips: FVD with the shapes classifier and with the fallback (or I3D)
-extractor (both named), prompt accuracy (shapes captions),
-temporal consistency, NFE and wall-clock seconds per video (text encoding + sampling + VAE decode, on
-this machine, batches of ``--batch-size``).
+extractor (both named), prompt accuracy (shapes captions), motion faithfulness, temporal consistency,
+NFE and wall-clock seconds per video (text encoding + sampling + VAE decode, on this machine, batches of
+``--batch-size``).
 
 Writes ``results.json`` and ``results.md`` to ``--out``. ``make demo-eval`` trains the three students of
 the README's table and runs this on the shipped shapes teacher.
@@ -158,22 +158,34 @@ def student_row(label: str, ckpt: str) -> Row:
     )
 
 
+COLUMNS = (  # (header, result key, format); None where a row has no value
+    ("NFE", "nfe", "d"),
+    ("s / video", "seconds_per_video", ".4f"),
+    ("FVD ({shapes})", "fvd_shapes", ".4g"),
+    ("FVD ({fallback})", "fvd", ".4g"),
+    ("prompt accuracy", "prompt_accuracy_all", ".3f"),
+    ("colour", "prompt_accuracy_colour", ".3f"),
+    ("shape", "prompt_accuracy_shape", ".3f"),
+    ("direction", "prompt_accuracy_direction", ".3f"),
+    ("motion faithful", "motion_faithful", ".3f"),
+    ("identity", "motion_identity", ".3f"),
+    ("smooth", "motion_smoothness", ".3f"),
+    ("persistent", "motion_persistence", ".3f"),
+    ("temporal consistency", "temporal_consistency", ".3f"),
+)
+
+
 def markdown(rows: list[dict[str, object]]) -> str:
-    extractor, shapes_extractor = rows[0]["fvd_extractor"], rows[0]["fvd_shapes_extractor"]
-    head = (
-        f"| run | NFE | s / video | FVD ({shapes_extractor}) | FVD ({extractor}) | prompt accuracy | colour "
-        "| shape | direction | temporal consistency |\n|---|---|---|---|---|---|---|---|---|---|\n"
-    )
+    """The results table: one row per run, columns :data:`COLUMNS` (extractor names in the headers)."""
+    names = {"shapes": rows[0]["fvd_shapes_extractor"], "fallback": rows[0]["fvd_extractor"]}
+    headers = [h.format(**names) for h, _, _ in COLUMNS]
+    head = "| run | " + " | ".join(headers) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
 
     def cell(value: object, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
     lines = [
-        f"| {r['label']} | {cell(r['nfe'], 'd')} | {cell(r['seconds_per_video'], '.4f')} "
-        f"| {r['fvd_shapes']:.4g} | {r['fvd']:.4g} "
-        f"| {r['prompt_accuracy_all']:.3f} | {r['prompt_accuracy_colour']:.3f} "
-        f"| {r['prompt_accuracy_shape']:.3f} | {r['prompt_accuracy_direction']:.3f} "
-        f"| {r['temporal_consistency']:.3f} |"
+        f"| {r['label']} | " + " | ".join(cell(r.get(key), fmt) for _, key, fmt in COLUMNS) + " |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -223,7 +235,8 @@ def compare(
         results.append({"label": row.label, "nfe": row.nfe, "seconds_per_video": seconds, **scores})
         print(
             f"{row.label}: FVD {scores['fvd_shapes']:.4g} (shapes) {scores['fvd']:.4g} (fallback), "
-            f"prompt accuracy {scores['prompt_accuracy_all']:.3f}"
+            f"prompt accuracy {scores['prompt_accuracy_all']:.3f}, "
+            f"motion faithful {scores['motion_faithful']:.3f}"
         )
     # The dataset CSV holds the real clips' captions; evaluate() reads captions.csv beside the videos.
     shutil.copyfile(real, real.parent / VIDEO_DIR / "captions.csv")

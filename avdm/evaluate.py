@@ -7,7 +7,9 @@ Metrics, written as ``results.json`` and ``results.md`` in ``--out``:
   extractors are not comparable).
 * Temporal consistency: mean cosine similarity of consecutive, mean-centred frames (1 = static video;
   flicker and scene jumps lower it).
-* Prompt accuracy (colour, shape, direction read from the pixels) and FVD on the features of the shipped
+* Prompt accuracy (colour, shape, direction read from the pixels), motion faithfulness (the object
+  persists, keeps its colour and shape, moves without jumps along a straight constant-speed path:
+  :mod:`avdm.metrics.motion`) and FVD on the features of the shipped
   shapes classifier (``fvd_shapes``; :mod:`avdm.metrics.shapes_classifier`) when every caption is a shapes
   caption.
 
@@ -82,7 +84,7 @@ def evaluate(
 ) -> dict[str, object]:
     """All metrics for ``generated`` against ``reference`` (see the module docstring)."""
     from avdm.data.shapes import parse_caption
-    from avdm.metrics import PromptAccuracy, build_fvd
+    from avdm.metrics import MotionFaithfulness, PromptAccuracy, build_fvd
 
     names, fake = load_videos(generated, num_frames, resolution)
     _, real = load_videos(reference, num_frames, resolution)
@@ -110,6 +112,9 @@ def evaluate(
     accuracy = PromptAccuracy()
     accuracy.update(fake, captions)
     result.update({f"prompt_accuracy_{k}": float(v) for k, v in accuracy.compute().items()})
+    motion = MotionFaithfulness()
+    motion.update(fake)
+    result.update({f"motion_{k}": float(v) for k, v in motion.compute().items()})
     # Shapes captions: also FVD on the features of the shapes classifier, which see content and motion.
     shapes_fvd = build_fvd(None, extractor="shapes")
     shapes_fvd.update(real, real=True)
