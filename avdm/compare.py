@@ -9,7 +9,8 @@ extractor (both named), prompt accuracy (shapes captions), motion faithfulness, 
 NFE and wall-clock seconds per video (text encoding + sampling + VAE decode, on this machine, batches of
 ``--batch-size``).
 
-Writes ``results.json`` and ``results.md`` to ``--out``. ``make demo-eval`` trains the three students of
+Writes ``results.json``, ``results.md`` and ``frames.png`` (the frames of a few prompts for every row,
+side by side) to ``--out``. ``make demo-eval`` trains the three students of
 the README's table and runs this on the shipped shapes teacher.
 """
 
@@ -244,7 +245,35 @@ def compare(
     results.append({"label": "real clips (held out)", "nfe": None, "seconds_per_video": None, **scores})
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
+    write_figure(out, [r.label for r in rows], prompts)
     return results
+
+
+def figure_prompts(prompts: Sequence[str], count: int = 4) -> list[int]:
+    """Indices of up to ``count`` prompts, each the first one of a new direction of motion."""
+    picked: list[int] = []
+    seen: set[str] = set()
+    for i, prompt in enumerate(prompts):
+        key = prompt.split()[-1]
+        if key not in seen:
+            picked.append(i)
+            seen.add(key)
+        if len(picked) == count:
+            break
+    return picked
+
+
+def write_figure(out: Path, labels: Sequence[str], prompts: Sequence[str]) -> Path:
+    """``out/frames.png``: the frames of a few prompts for every row, side by side (from ``out/row*/``)."""
+    from avdm.evaluate import load_videos
+    from avdm.visualize import frames_sheet
+
+    picks = figure_prompts(prompts)
+    runs = []
+    for i, label in enumerate(labels):
+        videos = load_videos(out / f"row{i}", 8, 32)[1]
+        runs.append((label, videos[picks]))
+    return frames_sheet(runs, [prompts[i] for i in picks], out / "frames.png")
 
 
 @report_user_errors

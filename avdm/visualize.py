@@ -1,8 +1,9 @@
-"""Sample videos for people: grids of clips written as mp4 with PyAV."""
+"""Sample videos for people: grids of clips written as mp4 with PyAV, and PNG contact sheets of frames."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
@@ -42,4 +43,42 @@ def write_mp4(path: str | Path, frames: Tensor, fps: int = 8, crf: int | None = 
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def frames_sheet(
+    rows: Sequence[tuple[str, Tensor]], prompts: Sequence[str], path: str | Path, scale: int = 2
+) -> Path:
+    """A PNG contact sheet: for every prompt a block with one line per run, the run's frames left to right.
+
+    Args:
+        rows: ``(label, videos (N, 3, F, H, W) in [-1, 1])`` per run; video ``i`` of every run is of
+            ``prompts[i]``.
+        prompts: the ``N`` prompts, printed above their blocks.
+        scale: integer upscaling of each frame (nearest), so small clips stay legible.
+    """
+    from PIL import Image, ImageDraw
+
+    n, _, f, h, w = rows[0][1].shape
+    if any(videos.shape != rows[0][1].shape for _, videos in rows) or len(prompts) != n:
+        raise ValueError("every run needs one (3, F, H, W) video per prompt, of the same size")
+    label_w, line_h, gap = 8 * max(len(label) for label, _ in rows) + 12, h * scale + 2, 16
+    sheet_w = label_w + f * (w * scale + 2)
+    sheet_h = n * (gap + len(rows) * line_h) + 4
+    sheet = Image.new("RGB", (sheet_w, sheet_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    y = 2
+    for i, prompt in enumerate(prompts):
+        draw.text((4, y + 2), prompt, fill=(0, 0, 0))
+        y += gap
+        for label, videos in rows:
+            draw.text((4, y + line_h // 2 - 5), label, fill=(0, 0, 0))
+            frames = ((videos[i].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+            for j, frame in enumerate(frames.numpy()):
+                tile = Image.fromarray(frame).resize((w * scale, h * scale), Image.NEAREST)
+                sheet.paste(tile, (label_w + j * (w * scale + 2), y))
+            y += line_h
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
     return path

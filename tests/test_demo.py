@@ -54,3 +54,7 @@ def test_main_job_writes_checkpoints_samples_metrics_and_feeds_the_results_table
     table = (tmp_path / "table" / "results.md").read_text()
     assert rows[0]["fvd_extractor"] in table and table.count("\n") == 2 + len(rows)
     assert Path(tmp_path / "table" / "row2" / "captions.csv").is_file()
+    from PIL import Image
+
+    with Image.open(tmp_path / "table" / "frames.png") as figure:  # 4 directions x 3 runs x 8 frames
+        assert figure.width > 8 * 64 and figure.height > 4 * 3 * 64
