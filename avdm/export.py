@@ -1,4 +1,4 @@
-"""Export a distilled AnimateDiff student as a diffusers folder that loads without avdm.
+"""Export a distilled student (AnimateDiff or flow transformer) as a diffusers folder that loads without avdm.
 
 ``python -m avdm.export CKPT OUT_DIR [--no-ema]`` writes::
 
@@ -39,7 +39,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from avdm.errors import AvdmUserError, report_user_errors
 from avdm.models.bundle import PromptEncoder
 from avdm.models.generator import FewStepGenerator
-from avdm.models.schedules import DDPMSchedule
+from avdm.models.schedules import DDPMSchedule, FlowMatchingSchedule
 from avdm.module import DistillationModule
 
 # c_skip = 0.25 / ((s t)^2 + 0.25): with s = 1e4 it is < 3e-9 for every t >= 1 and c_out == 1 in float32.
@@ -266,13 +266,16 @@ def export_student(module: DistillationModule, out_dir: str | Path, use_ema: boo
     """Write the student of ``module`` (its EMA when kept and ``use_ema``) as a diffusers folder.
 
     Returns:
-        ``out_dir``; ``AnimateDiffPipeline.from_pretrained(out_dir)`` loads it without avdm.
+        ``out_dir``; ``AnimateDiffPipeline.from_pretrained(out_dir)`` loads an AnimateDiff student without
+        avdm; a flow student is written as :func:`export_flow_student` describes.
     """
     out = Path(out_dir)
     ema = use_ema and module.generator_ema is not None
     generator = module.sampling_generator(use_ema)
     if module.vae is None:
         raise ExportError("the module has no VAE; a diffusers pipeline needs one")
+    if isinstance(generator.denoiser.schedule, FlowMatchingSchedule):
+        return export_flow_student(module, out, use_ema)
     scheduler, call = student_scheduler(generator)
     ladder = integer_ladder(generator)
     name = type(scheduler).__name__
@@ -293,6 +296,114 @@ def export_student(module: DistillationModule, out_dir: str | Path, use_ema: boo
     note = "The student samples without classifier-free guidance: use `guidance_scale=1.0`."
     (out / "README.md").write_text(_readme(ladder, call, name, note))
     return out
+
+
+def flow_student_scheduler(
+    generator: FewStepGenerator,
+) -> tuple[FlowMatchEulerDiscreteScheduler, dict[str, Any]]:
+    """A ``FlowMatchEulerDiscreteScheduler`` and its ``set_timesteps`` call that reproduce a flow student.
+
+    The ladder's times are passed as ``sigmas`` with ``shift=1`` (they are already the student's times).
+    A ``fresh`` student is the scheduler's ``stochastic_sampling``: ``x0 = x_t - sigma v``, re-noised to the
+    next sigma with fresh noise (and ``x0`` itself after the last step); a ``deterministic`` one its plain
+    Euler step, whose last step (to sigma 0) is the same ``x0``.
+    """
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=generator.denoiser.schedule.num_train_timesteps,
+        shift=1.0,
+        stochastic_sampling=generator.renoise == "fresh",
+    )
+    call = {"sigmas": [float(t) for t in generator.t_values]}
+    probe = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    probe.set_timesteps(**call)
+    if not np.allclose(probe.sigmas[:-1].numpy(), call["sigmas"], atol=1e-6):
+        raise ExportError(f"FlowMatchEulerDiscreteScheduler does not reproduce the ladder {call['sigmas']}")
+    return scheduler, call
+
+
+def export_flow_student(module: DistillationModule, out_dir: str | Path, use_ema: bool = True) -> Path:
+    """Write a flow-matching transformer student: ``transformer/``, ``scheduler/``
+    (``FlowMatchEulerDiscreteScheduler``, :func:`flow_student_scheduler`), ``text_encoder/``, ``tokenizer/``,
+    ``vae/``, ``avdm_export.json`` and a ``README.md`` with the sampling loop in plain diffusers. No diffusers
+    pipeline feeds avdm's coordinate channels, so there is no ``model_index.json``; the loop shows how."""
+    out = Path(out_dir)
+    generator = module.sampling_generator(use_ema)
+    denoiser = generator.denoiser
+    scheduler, call = flow_student_scheduler(generator)
+    position = list(getattr(denoiser, "position", ()))
+    info = {
+        "role": "student",
+        "family": "flow",
+        "ladder": [float(s) for s in generator.timesteps],
+        "renoise": generator.renoise,
+        "prediction_type": denoiser.schedule.prediction_type,
+        "scheduler": type(scheduler).__name__,
+        "set_timesteps": call,
+        "guidance_scale": 1.0,
+        "position_channels": position,
+        "weights": "ema" if use_ema and module.generator_ema is not None else "generator",
+        "latent_shape": list(module.latent_shape),
+        "teacher_sources": dict(module.sources),
+        "generator_steps": int(module.generator_steps),
+    }
+    write_flow_teacher(out, denoiser.model, module.prompt_encoder, dict(scheduler.config), vae=module.vae)
+    scheduler.save_pretrained(out / "scheduler")
+    (out / "avdm_export.json").write_text(
+        json.dumps({"avdm_version": avdm_version(), **info}, indent=2) + "\n"
+    )
+    text_class = type(module.prompt_encoder.text_encoder).__name__
+    (out / "README.md").write_text(_flow_readme(info, type(module.vae).__name__, text_class))
+    return out
+
+
+def _flow_readme(info: dict[str, Any], vae_class: str, text_class: str) -> str:
+    c, f, h, w = info["latent_shape"]
+    axes = info["position_channels"]
+    coords = {
+        "frame": "torch.linspace(-1, 1, F).view(1, 1, F, 1, 1)",
+        "y": "torch.linspace(-1, 1, H).view(1, 1, 1, H, 1)",
+        "x": "torch.linspace(-1, 1, W).view(1, 1, 1, 1, W)",
+    }
+    feed = (
+        "inputs = torch.cat([x] + [c.expand(B, 1, F, H, W) for c in coords], dim=1)" if axes else "inputs = x"
+    )
+    coord_lines = (
+        "coords = [" + ", ".join(coords[a] for a in axes) + "]   # " + ", ".join(axes) if axes else ""
+    )
+    mask_note = (
+        "  # UMT5 (Wan): pass attention_mask, zero the padded positions" if "UMT5" in text_class else ""
+    )
+    return f"""# Few-step flow video student exported by avdm
+
+Ladder (times t = sigma, noise to data): {info["set_timesteps"]["sigmas"]} ({info["renoise"]} re-noising
+between steps). Sample without classifier-free guidance. The transformer takes {len(axes)} coordinate
+channel(s) ({", ".join(axes) or "none"}) after the {c} latent channels: `linspace(-1, 1, n)` along that axis
+(0 for an axis of length 1). Latents are ({c}, {f}, {h}, {w}) per clip.
+
+```python
+import torch
+from diffusers import {vae_class}, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from transformers import AutoTokenizer, {text_class}
+
+transformer = WanTransformer3DModel.from_pretrained("THIS_FOLDER", subfolder="transformer")
+scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained("THIS_FOLDER", subfolder="scheduler")
+tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER", subfolder="tokenizer")
+text_encoder = {text_class}.from_pretrained("THIS_FOLDER", subfolder="text_encoder")
+ids = tokenizer(["a red circle moving left"], padding="max_length", max_length=tokenizer.model_max_length,
+                truncation=True, return_tensors="pt").input_ids
+text = text_encoder(ids)[0]{mask_note}
+B, F, H, W = 1, {f}, {h}, {w}
+g = torch.Generator().manual_seed(0)
+x = torch.randn(B, {c}, F, H, W, generator=g)
+{coord_lines}
+scheduler.set_timesteps(sigmas={info["set_timesteps"]["sigmas"]})
+for t in scheduler.timesteps:
+    {feed}
+    v = transformer(inputs, t.expand(B), encoder_hidden_states=text).sample
+    x = scheduler.step(v, t, x, generator=g).prev_sample   # the last step returns x0
+# decode x with the VAE in vae/ (an image VAE: frame by frame, latents / vae.config.scaling_factor)
+```
+"""
 
 
 @report_user_errors

@@ -223,3 +223,91 @@ def test_clis_report_a_missing_run_config_in_one_line(tmp_path, capsys):
         sample_main([str(ckpt), "--prompts", "a red ball"])
     assert exc.value.code == 2
     assert "No run config" in capsys.readouterr().err
+
+
+# Runs in a clean interpreter that never imports avdm: the README loop of a flow student's export.
+PLAIN_FLOW = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    folder, inputs, out = sys.argv[1:4]
+    data = torch.load(inputs)
+    info = json.load(open(folder + "/avdm_export.json"))
+    transformer = WanTransformer3DModel.from_pretrained(folder, subfolder="transformer")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+    tokenizer = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    AutoencoderKLWan.from_pretrained(folder, subfolder="vae")
+    ids = tokenizer(data["prompts"], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        text = text_encoder(ids)[0]
+        x = data["z"].clone()
+        B, _, F, H, W = x.shape
+        ramps = {"frame": torch.linspace(-1, 1, F).view(1, 1, F, 1, 1),
+                 "y": torch.linspace(-1, 1, H).view(1, 1, 1, H, 1),
+                 "x": torch.linspace(-1, 1, W).view(1, 1, 1, 1, W)}
+        coords = [ramps[a].expand(B, 1, F, H, W) for a in info["position_channels"]]
+        g = torch.Generator().manual_seed(data["seed"])
+        scheduler.set_timesteps(**info["set_timesteps"])
+        for t in scheduler.timesteps:
+            v = transformer(torch.cat([x, *coords], dim=1), t.expand(B), encoder_hidden_states=text).sample
+            x = scheduler.step(v, t, x, generator=g).prev_sample
+    assert "avdm" not in sys.modules, "the export must load without avdm"
+    torch.save({"loop": x, "timesteps": scheduler.timesteps.tolist()}, out)
+    """
+)
+
+
+@pytest.mark.parametrize("renoise", ["fresh", "deterministic"])
+def test_plain_diffusers_reproduces_a_flow_student(tmp_path, renoise):
+    from avdm.export import export_student
+    from avdm.models.wan import build_wan
+
+    bundle = build_wan(
+        source="tiny",
+        num_frames=4,
+        resolution=16,
+        shift=3.0,
+        position=["frame", "y", "x"],
+        tiny={"transformer": {"num_attention_heads": 2, "attention_head_dim": 8, "ffn_dim": 32}},
+    )
+    torch.manual_seed(0)
+    module = DistillationModule(
+        bundle,
+        {"denoising": DenoisingLoss()},
+        generator_timesteps=(1000, 750, 500, 250),
+        generator_renoise=renoise,
+    ).eval()
+    with torch.no_grad():
+        for p in module.generator.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    folder = export_student(module, tmp_path / "student")
+    info = json.loads((folder / "avdm_export.json").read_text())
+    assert info["family"] == "flow" and info["position_channels"] == ["frame", "y", "x"]
+    assert info["set_timesteps"] == {"sigmas": [1.0, 0.75, 0.5, 0.25]}
+    assert (
+        not (folder / "model_index.json").exists() and "linspace(-1, 1" in (folder / "README.md").read_text()
+    )
+
+    seed = 3
+    z = torch.randn((len(PROMPTS), *module.latent_shape), generator=torch.Generator().manual_seed(11))
+    torch.save({"z": z, "seed": seed, "prompts": PROMPTS}, tmp_path / "in.pt")
+    (tmp_path / "plain.py").write_text(PLAIN_FLOW)
+    proc = subprocess.run(
+        [sys.executable, "plain.py", str(folder), "in.pt", "out.pt"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = torch.load(tmp_path / "out.pt")
+    assert plain["timesteps"] == pytest.approx([1000.0, 750.0, 500.0, 250.0])
+    text = module.prompt_encoder(PROMPTS)
+    ours = module.generator.sample(z, text, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(plain["loop"], ours, atol=ATOL, rtol=0)
