@@ -2,7 +2,7 @@
 PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install test lint format demo demo-eval teacher teacher-flow shapes-classifier synvid-shapes bench clean
+.PHONY: help install test lint format demo demo-eval demo-eval-flow teacher teacher-flow shapes-classifier synvid-shapes bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,18 @@ demo-eval:  ## the README's results table: trains 3 students, compares them with
 	  --student "2D SDM + GAN=$(EVAL_DIR)/sdm_gan/checkpoints/last.ckpt" \
 	  --student "GAN only=$(EVAL_DIR)/gan_only/checkpoints/last.ckpt" \
 	  --student "video SDM + GAN=$(EVAL_DIR)/video_sdm_gan/checkpoints/last.ckpt"
+
+FLOW_EVAL_DIR ?= outputs/demo_eval_flow
+demo-eval-flow: synvid-shapes  ## one table, both teachers: AVDM2 on each, AccVideo on the flow teacher (~35 min)
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes hydra.run.dir=$(FLOW_EVAL_DIR)/avdm2_animatediff \
+	  callbacks.checkpoint.every_n_train_steps=110   # last.ckpt then holds the final (220th) step
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes_flow hydra.run.dir=$(FLOW_EVAL_DIR)/avdm2_flow
+	$(PYTHON) -m avdm.train +experiment=accvideo_shapes data.root=$(SYNVID_SHAPES) \
+	  hydra.run.dir=$(FLOW_EVAL_DIR)/accvideo_flow
+	$(PYTHON) -m avdm.compare --out $(FLOW_EVAL_DIR)/results --teacher animatediff_shapes --teacher wan_shapes \
+	  --student "AVDM2 (2D SDM + GAN) on AnimateDiff=$(FLOW_EVAL_DIR)/avdm2_animatediff/checkpoints/last.ckpt" \
+	  --student "AVDM2 (2D SDM + GAN) on the flow teacher=$(FLOW_EVAL_DIR)/avdm2_flow/checkpoints/last.ckpt" \
+	  --student "AccVideo on the flow teacher=$(FLOW_EVAL_DIR)/accvideo_flow/checkpoints/last.ckpt"
 
 TEACHER_DIR ?= outputs/teacher_shapes
 teacher:  ## retrain the shipped shapes teacher (VAE, image UNet, motion modules) into avdm/assets
