@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from avdm.config import validate
@@ -312,7 +313,7 @@ def _key_timesteps(num_steps: int, shift: float, keys: list[int]) -> list[float]
     return [float(scheduler.timesteps[k]) for k in keys]
 
 
-def test_accvideo_tiny_trains_on_a_synthesized_root(tmp_path):
+def test_accvideo_tiny_trains_on_a_synthesized_root(tmp_path, capsys):
     from avdm.synthesize import synthesize
     from avdm.train import fit
 
@@ -340,9 +341,24 @@ def test_accvideo_tiny_trains_on_a_synthesized_root(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(f"set module.generator_timesteps={ladder}")):
         fit(cfg)
     cfg.module.generator_timesteps = ladder
+    cfg.callbacks.checkpoint.every_n_train_steps = 2
     metrics = fit(cfg)
     assert metrics["generator_steps"] == 2 and metrics["critic_steps"] == 4
     # The sample grid was decoded by the Wan (3D) VAE at the end of training.
     assert (tmp_path / "out" / "samples" / "step_000002.mp4").stat().st_size > 0
+    # The CLIs serve the flow student and its teacher: the teacher samples with flow Euler by default.
+    from avdm.export import main as export_main
+    from avdm.sample import main as sample_main
+
+    ckpt = str(tmp_path / "out" / "checkpoints" / "last.ckpt")
+    config = tmp_path / "out" / "config.yaml"  # what Hydra saves as .hydra/config.yaml
+    OmegaConf.save(cfg, config)
+    common = ["--config", str(config), "--prompts", PROMPTS[0]]
+    sample_main([ckpt, *common, "--teacher", "--steps", "3", "--out", str(tmp_path / "t")])
+    assert "teacher (flow_euler, 3 steps" in capsys.readouterr().out
+    export_main([ckpt, str(tmp_path / "export"), "--config", str(config)])
+    info = json.loads((tmp_path / "export" / "avdm_export.json").read_text())
+    assert info["family"] == "flow" and info["renoise"] == "deterministic"
+    assert info["set_timesteps"]["sigmas"] == pytest.approx([t / 1000 for t in ladder], abs=1e-6)
     for key in ("gen/regression/loss", "gen/gan/loss", "critic/gan/loss"):
         assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
