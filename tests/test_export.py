@@ -61,6 +61,22 @@ PLAIN_DIFFUSERS = textwrap.dedent(
 )
 
 
+def _run_without_avdm(script: str, folder: Path, inputs: dict, tmp_path: Path) -> dict:
+    """Run ``script FOLDER in.pt out.pt`` in a clean interpreter (it never imports avdm); its outputs."""
+    torch.save(inputs, tmp_path / "in.pt")
+    (tmp_path / "plain.py").write_text(script)
+    proc = subprocess.run(
+        [sys.executable, "plain.py", str(folder), "in.pt", "out.pt"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(tmp_path / "out.pt")
+
+
 def _student(bundle, renoise: str = "fresh", seed: int = 0) -> DistillationModule:
     torch.manual_seed(seed)
     module = DistillationModule(bundle, {"denoising": DenoisingLoss()}, generator_renoise=renoise).eval()
@@ -82,18 +98,8 @@ def test_plain_diffusers_reproduces_the_fresh_noise_student(tiny_bundle, tmp_pat
 
     seed = 7
     z = torch.randn((len(PROMPTS), *module.latent_shape), generator=torch.Generator().manual_seed(123))
-    torch.save({"z": z, "seed": seed, "prompts": PROMPTS, "ladder": info["ladder"]}, tmp_path / "in.pt")
-    (tmp_path / "plain.py").write_text(PLAIN_DIFFUSERS)
-    proc = subprocess.run(
-        [sys.executable, "plain.py", str(folder), "in.pt", "out.pt"],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    plain = torch.load(tmp_path / "out.pt")
+    inputs = {"z": z, "seed": seed, "prompts": PROMPTS, "ladder": info["ladder"]}
+    plain = _run_without_avdm(PLAIN_DIFFUSERS, folder, inputs, tmp_path)
     assert plain["timesteps"] == [999, 749, 499, 249]
 
     text = module.prompt_encoder(PROMPTS)
@@ -295,18 +301,7 @@ def test_plain_diffusers_reproduces_a_flow_student(tmp_path, renoise):
 
     seed = 3
     z = torch.randn((len(PROMPTS), *module.latent_shape), generator=torch.Generator().manual_seed(11))
-    torch.save({"z": z, "seed": seed, "prompts": PROMPTS}, tmp_path / "in.pt")
-    (tmp_path / "plain.py").write_text(PLAIN_FLOW)
-    proc = subprocess.run(
-        [sys.executable, "plain.py", str(folder), "in.pt", "out.pt"],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    plain = torch.load(tmp_path / "out.pt")
+    plain = _run_without_avdm(PLAIN_FLOW, folder, {"z": z, "seed": seed, "prompts": PROMPTS}, tmp_path)
     assert plain["timesteps"] == pytest.approx([1000.0, 750.0, 500.0, 250.0])
     text = module.prompt_encoder(PROMPTS)
     ours = module.generator.sample(z, text, generator=torch.Generator().manual_seed(seed))
