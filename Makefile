@@ -62,8 +62,11 @@ teacher-flow:  ## train the flow-matching shapes teacher (WanTransformer3DModel)
 	$(PYTHON) -m avdm.precompute model=wan_shapes_init data.csv=$(SHAPES_DATA)/shapes.csv \
 	  data.video_dir=$(SHAPES_DATA)/videos data.stride=1 root=data/latents/shapes_32px_8f \
 	  batch_size=50 shard_size=200 hydra.run.dir=$(FLOW_DIR)/precompute
+	# The shipped weights were trained this way: 1000 steps without the high-noise term, then with it.
+	$(PYTHON) -m avdm.train +experiment=teacher_shapes_flow loss.denoising_high_noise=null \
+	  trainer.max_steps=1000 hydra.run.dir=$(FLOW_DIR)/run_stage1 callbacks.export.out_dir=$(FLOW_DIR)/stage1
 	$(PYTHON) -m avdm.train +experiment=teacher_shapes_flow hydra.run.dir=$(FLOW_DIR)/run \
-	  callbacks.export.out_dir=avdm/assets/shapes_flow_teacher
+	  ckpt_path=$(FLOW_DIR)/run_stage1/checkpoints/last.ckpt callbacks.export.out_dir=avdm/assets/shapes_flow_teacher
 
 shapes-classifier:  ## train the shapes video classifier (the shapes FVD extractor) into avdm/assets/shapes_classifier
 	$(PYTHON) -m avdm.metrics.shapes_classifier avdm/assets/shapes_classifier
