@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from torch import Tensor
 
 from avdm.models.vae import decode_latents
 from avdm.visualize import video_grid, write_mp4
@@ -24,7 +25,9 @@ class SampleVideos(L.Callback):
     """Every ``every_n_steps`` generator steps, sample fixed prompts from fixed noise and write an mp4 grid.
 
     The grid goes to ``<output_dir>/samples/step_<N>.mp4`` and, where the logger has a video panel
-    (Weights & Biases ``log_video``, TensorBoard ``add_video``), to the logger too.
+    (Weights & Biases ``log_video``, TensorBoard ``add_video``), to the logger too. When every prompt is a
+    shapes caption the samples are also scored (:func:`shapes_sample_scores`: prompt accuracy and motion
+    faithfulness read from the pixels), logged as ``samples/*`` and kept in ``scores`` by step.
 
     Args:
         output_dir: folder of the run.
@@ -50,6 +53,7 @@ class SampleVideos(L.Callback):
         self.output_dir, self.every_n_steps = Path(output_dir), every_n_steps
         self.prompts, self.seed, self.num_steps, self.fps = list(prompts), seed, num_steps, fps
         self.written: list[Path] = []
+        self.scores: dict[int, dict[str, float]] = {}
         self._last_step = -1
 
     def _write(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -66,6 +70,11 @@ class SampleVideos(L.Callback):
             return
         grid = video_grid(pixels)
         self.written.append(write_mp4(self.output_dir / "samples" / f"step_{step:06d}.mp4", grid, self.fps))
+        scores = shapes_sample_scores(pixels, self.prompts)
+        if scores:
+            self.scores[step] = scores
+            for logger in trainer.loggers:
+                logger.log_metrics({f"samples/{k}": v for k, v in scores.items()}, step=step)
         for logger in trainer.loggers:
             if hasattr(logger, "log_video"):
                 logger.log_video("samples", [grid.permute(0, 3, 1, 2).numpy()], step=step, fps=[self.fps])
@@ -79,6 +88,24 @@ class SampleVideos(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._write(trainer, module)
+
+
+def shapes_sample_scores(videos: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    """Prompt accuracy and motion faithfulness of ``(B, 3, F, H, W)`` samples of shapes captions (``{}``
+    when a prompt is not one)."""
+    from avdm.data.shapes import parse_caption
+    from avdm.metrics import MotionFaithfulness, PromptAccuracy
+
+    try:
+        for prompt in prompts:
+            parse_caption(prompt)
+    except ValueError:
+        return {}
+    accuracy, motion = PromptAccuracy(), MotionFaithfulness()
+    accuracy.update(videos, list(prompts))
+    motion.update(videos)
+    scores = {f"prompt_accuracy_{k}": float(v) for k, v in accuracy.compute().items()}
+    return scores | {f"motion_{k}": float(v) for k, v in motion.compute().items()}
 
 
 class IterationProgressBar(TQDMProgressBar):

@@ -38,6 +38,11 @@ def test_main_job_writes_checkpoints_samples_metrics_and_feeds_the_results_table
     assert metrics["generator_steps"] == 2 and metrics["critic_steps"] == 4
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "samples").glob("step_*.mp4")), "an mp4 grid of samples"
+    import csv
+
+    with (run / "csv" / "metrics.csv").open() as f:
+        logged = [row for row in csv.DictReader(f) if row.get("samples/motion_faithful")]
+    assert logged and 0.0 <= float(logged[-1]["samples/prompt_accuracy_colour"]) <= 1.0, "samples are scored"
     assert len(list((tmp_path / "data" / "videos").glob("*.mp4"))) == 12, "the data module wrote the clips"
 
     rows = compare(

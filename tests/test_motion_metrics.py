@@ -83,3 +83,17 @@ def test_track_reads_the_path_in_pixels():
     assert path_deviation(track.centroids) < 0.3 and track.side == 32
     assert path_deviation(np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])) == pytest.approx(0.0, abs=1e-9)
     assert path_deviation(np.array([[0.0, 0.0], [0.0, 3.0], [0.0, 3.0]])) > 0.5
+
+
+def test_training_samples_are_scored_for_shapes_captions(clips):
+    from avdm.callbacks import shapes_sample_scores
+    from avdm.data.shapes import caption
+
+    prompts = [caption(*COMBINATIONS[i % len(COMBINATIONS)]) for i in range(len(clips))]
+    real = shapes_sample_scores(_as_float(clips), prompts)
+    assert real["prompt_accuracy_all"] == 1.0 and real["motion_faithful"] == 1.0
+    broken = clips.copy()
+    broken[:6, 3] = 0
+    scores = shapes_sample_scores(_as_float(broken), prompts)
+    assert scores["motion_persistence"] == 0.5 and scores["motion_faithful"] == 0.5
+    assert shapes_sample_scores(_as_float(clips), ["a dog running"] * len(clips)) == {}
