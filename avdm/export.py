@@ -198,6 +198,12 @@ def write_pipeline(
         scheduler=scheduler,
     )
     pipe.save_pretrained(out, safe_serialization=True)
+    _finish_export(out, prompt_encoder, info)
+    return out
+
+
+def _finish_export(out: Path, prompt_encoder: PromptEncoder, info: dict[str, Any]) -> None:
+    """Pin the saved tokenizer's length to avdm's and write ``avdm_export.json``."""
     # avdm pads prompts to PromptEncoder.max_length; plain diffusers pads to tokenizer.model_max_length.
     tok_cfg_path = out / "tokenizer" / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text())
@@ -206,7 +212,6 @@ def write_pipeline(
     (out / "avdm_export.json").write_text(
         json.dumps({"avdm_version": avdm_version(), **info}, indent=2) + "\n"
     )
-    return out
 
 
 def export_teacher(
@@ -222,43 +227,43 @@ def export_teacher(
     model.pretrained.base_model=OUT_DIR`` loads back.
 
     A ``UNetMotionModel`` is written as an AnimateDiff pipeline with its own DDIM scheduler config; a
-    ``WanTransformer3DModel`` as the folders of a flow teacher (:func:`write_flow_teacher`).
+    ``WanTransformer3DModel`` as the folders of a flow teacher (:func:`write_flow_folder`).
     """
     if isinstance(model, WanTransformer3DModel):
-        return write_flow_teacher(
-            out_dir, model, prompt_encoder, scheduler_config, info, vae if include_vae else None
+        return write_flow_folder(
+            out_dir,
+            model,
+            prompt_encoder,
+            FlowMatchEulerDiscreteScheduler.from_config(scheduler_config),
+            {"role": "teacher", "family": "flow", **(info or {})},
+            vae if include_vae else None,
         )
     scheduler = DDIMScheduler.from_config(scheduler_config)
     return write_pipeline(out_dir, model, vae, prompt_encoder, scheduler, {"role": "teacher", **(info or {})})
 
 
-def write_flow_teacher(
+def write_flow_folder(
     out_dir: str | Path,
     transformer: torch.nn.Module,
     prompt_encoder: PromptEncoder,
-    scheduler_config: dict[str, Any],
-    info: dict[str, Any] | None = None,
+    scheduler: SchedulerMixin,
+    info: dict[str, Any],
     vae: torch.nn.Module | None = None,
 ) -> Path:
-    """Write a flow-matching transformer teacher as diffusers subfolders: ``transformer/``, ``scheduler/``
-    (``FlowMatchEulerDiscreteScheduler``), ``text_encoder/``, ``tokenizer/``, and ``vae/`` unless ``vae`` is
-    ``None`` (a teacher that reuses another folder's VAE: set ``model.pretrained.vae`` to it), plus
-    ``avdm_export.json``. There is no ``model_index.json``: no diffusers pipeline runs a transformer with
-    avdm's coordinate channels (``avdm_export.json`` names them)."""
+    """Write a flow-matching transformer (teacher or student) as diffusers subfolders: ``transformer/``,
+    ``scheduler/``, ``text_encoder/``, ``tokenizer/``, and ``vae/`` unless ``vae`` is ``None`` (a teacher
+    that reuses another folder's VAE: set ``model.pretrained.vae`` to it), plus ``avdm_export.json``
+    (``info``). There is no ``model_index.json``: no diffusers pipeline runs a transformer with avdm's
+    coordinate channels (``avdm_export.json`` names them)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     transformer.save_pretrained(out / "transformer", safe_serialization=True)
-    FlowMatchEulerDiscreteScheduler.from_config(scheduler_config).save_pretrained(out / "scheduler")
+    scheduler.save_pretrained(out / "scheduler")
     prompt_encoder.text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     prompt_encoder.tokenizer.save_pretrained(out / "tokenizer")
-    tok_cfg_path = out / "tokenizer" / "tokenizer_config.json"
-    tok_cfg = json.loads(tok_cfg_path.read_text())
-    tok_cfg["model_max_length"] = prompt_encoder.max_length
-    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
     if vae is not None:
         vae.save_pretrained(out / "vae", safe_serialization=True)
-    record = {"avdm_version": avdm_version(), "role": "teacher", "family": "flow", **(info or {})}
-    (out / "avdm_export.json").write_text(json.dumps(record, indent=2) + "\n")
+    _finish_export(out, prompt_encoder, info)
     return out
 
 
@@ -346,11 +351,7 @@ def export_flow_student(module: DistillationModule, out_dir: str | Path, use_ema
         "teacher_sources": dict(module.sources),
         "generator_steps": int(module.generator_steps),
     }
-    write_flow_teacher(out, denoiser.model, module.prompt_encoder, dict(scheduler.config), vae=module.vae)
-    scheduler.save_pretrained(out / "scheduler")
-    (out / "avdm_export.json").write_text(
-        json.dumps({"avdm_version": avdm_version(), **info}, indent=2) + "\n"
-    )
+    write_flow_folder(out, denoiser.model, module.prompt_encoder, scheduler, info, module.vae)
     text_class = type(module.prompt_encoder.text_encoder).__name__
     (out / "README.md").write_text(_flow_readme(info, type(module.vae).__name__, text_class))
     return out

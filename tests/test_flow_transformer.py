@@ -10,7 +10,7 @@ import torch
 
 from avdm.config import asset_path
 from avdm.data.shapes import caption
-from avdm.export import write_flow_teacher
+from avdm.export import export_teacher
 from avdm.losses.base import StepContext, TeacherBank
 from avdm.losses.denoising import DenoisingLoss
 from avdm.metrics.word_swap import VARIANTS, swapped, word_swap_losses
@@ -100,13 +100,13 @@ def test_shared_encoders_give_the_shapes_latents_and_text():
 
 
 def test_flow_teacher_folder_round_trips(flow, tmp_path):
-    write_flow_teacher(
+    export_teacher(
         tmp_path / "teacher",
         flow.video_teacher.model,
+        flow.vae,
         flow.prompt_encoder,
         flow.scheduler_config,
         {"stage": "test"},
-        vae=flow.vae,
     )
     assert not (tmp_path / "teacher" / "model_index.json").exists()
     loaded = build_wan(
