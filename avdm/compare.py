@@ -45,10 +45,10 @@ class Row:
 
 
 def shapes_prompts(per_caption: int) -> list[str]:
-    """Every shapes caption ``per_caption`` times (60 captions: 5 colours x 3 shapes x 4 directions)."""
-    from avdm.data.shapes import COMBINATIONS, caption
+    """Every shapes caption ``per_caption`` times (:func:`avdm.data.shapes.every_caption`)."""
+    from avdm.data.shapes import every_caption
 
-    return [caption(*combo) for combo in COMBINATIONS for _ in range(per_caption)]
+    return every_caption(per_caption)
 
 
 @torch.no_grad()
@@ -93,6 +93,9 @@ def generate(
     return seconds / len(prompts)
 
 
+SAMPLER_NAMES = {"ddim": "DDIM", "flow_euler": "Euler", "euler": "Euler"}
+
+
 def teacher_row(bundle, steps: int, guidance: float, name: str = "teacher") -> Row:  # noqa: ANN001
     from avdm.models.teacher_sampling import make_scheduler, reference_sampler, sample_teacher
 
@@ -107,9 +110,6 @@ def teacher_row(bundle, steps: int, guidance: float, name: str = "teacher") -> R
     nfe = steps * (2 if guidance != 1.0 else 1)
     label = f"{name}, {steps} {SAMPLER_NAMES[kind]} steps, CFG {guidance:g}"
     return Row(label, nfe, sampler, bundle.prompt_encoder, bundle.vae, tuple(bundle.latent_shape))
-
-
-SAMPLER_NAMES = {"ddim": "DDIM", "flow_euler": "Euler", "euler": "Euler"}
 
 
 def load_teacher(spec: str):  # noqa: ANN201 (ModelBundle, lazy import)
@@ -302,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--i3d-path", default=None, help="local I3D TorchScript file for the standard FVD")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     args = parser.parse_args(argv)
+    if args.per_caption < 1:
+        raise AvdmUserError(f"--per-caption must be >= 1 (videos per shapes caption), got {args.per_caption}")
     students = []
     for spec in args.student:
         label, sep, ckpt = spec.partition("=")

@@ -166,13 +166,18 @@ def write_shapes_dataset(
     return csv_path
 
 
-def write_prompt_file(path: str | Path, per_caption: int) -> Path:
-    """Every caption ``per_caption`` times, one per line: a prompt file for ``python -m avdm.synthesize``."""
+def every_caption(per_caption: int) -> list[str]:
+    """Every caption ``per_caption`` times in a row (60 captions: 5 colours x 3 shapes x 4 directions)."""
     if per_caption < 1:
         raise ValueError(f"per_caption must be >= 1, got {per_caption}")
+    return [caption(*combo) for combo in COMBINATIONS for _ in range(per_caption)]
+
+
+def write_prompt_file(path: str | Path, per_caption: int) -> Path:
+    """:func:`every_caption`, one per line: a prompt file for ``python -m avdm.synthesize``."""
+    lines = every_caption(per_caption)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [caption(*combo) for combo in COMBINATIONS for _ in range(per_caption)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -73,7 +73,7 @@ def read_track(video: Tensor | np.ndarray) -> Track:
     """Track the object of one clip: uint8 ``(F, H, W, 3)`` or float ``(3, F, H, W)`` in [-1, 1]."""
     frames = as_rgb_frames(video)
     count, side = frames.shape[0], min(frames.shape[1:3])
-    seen = foreground(video)
+    seen = foreground(frames)
     present = np.zeros(count, bool)
     colours, shapes = [NONE] * count, [NONE] * count
     centroids = np.full((count, 2), np.nan)

@@ -20,7 +20,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from avdm.data.shapes import parse_caption
-from avdm.metrics.shapes_pixels import MIN_PIXELS, NONE, foreground, palette_colour, shape_of
+from avdm.metrics.shapes_pixels import MIN_PIXELS, NONE, as_rgb_frames, foreground, palette_colour, shape_of
 
 MIN_MOVE = 0.05  # of the frame's shorter side
 STATIC = "static"
@@ -45,7 +45,7 @@ def _direction(first: np.ndarray, last: np.ndarray, min_move: float) -> str:
 def read_shape_attributes(video: Tensor | np.ndarray) -> ShapeAttributes:
     """``(colour, shape, direction)`` seen in one clip: uint8 ``(F, H, W, 3)`` RGB, or float
     ``(3, F, H, W)`` in [-1, 1] (a tensor or an array)."""
-    seen = foreground(video)
+    seen = foreground(as_rgb_frames(video))
     if seen is None:
         return ShapeAttributes(NONE, NONE, NONE)
     offsets, masks = seen

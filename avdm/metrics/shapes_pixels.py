@@ -95,11 +95,11 @@ def shape_of(masks: Sequence[np.ndarray]) -> str:
     return "triangle" if excess > TRIANGLE_ABOVE else "circle" if fill < CIRCLE_BELOW else "square"
 
 
-def foreground(video: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(offsets (F, H', W', 3), masks (F, H', W'))`` of a clip upsampled to :data:`WORK_SIZE`: each
-    pixel's RGB offset from the background and whether it is foreground; ``None`` when the clip has no
-    clear foreground (peak distance under :data:`MIN_CONTRAST`)."""
-    frames = upsampled(as_rgb_frames(video))
+def foreground(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(offsets (F, H', W', 3), masks (F, H', W'))`` of RGB frames (:func:`as_rgb_frames`) upsampled to
+    :data:`WORK_SIZE`: each pixel's RGB offset from the background and whether it is foreground; ``None``
+    when the clip has no clear foreground (peak distance under :data:`MIN_CONTRAST`)."""
+    frames = upsampled(frames)
     offsets = frames - np.array(BACKGROUND, np.float32)
     distance = np.linalg.norm(offsets, axis=-1)  # (F, H, W)
     peak = float(np.quantile(distance, PEAK_QUANTILE))

@@ -68,18 +68,19 @@ def word_swap_losses(
     if len(captions) != latents.shape[0]:
         raise ValueError(f"got {latents.shape[0]} clips and {len(captions)} captions")
     schedule = denoiser.schedule
+    # Every variant's text once: the same embeddings serve every noise level.
+    texts = {v: prompt_encoder([swapped(c, v) for c in captions]) for v in VARIANTS}
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     out: dict[float, dict[str, float]] = {}
     for t in times:
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
         sums = dict.fromkeys(VARIANTS, 0.0)
         for start in range(0, len(captions), batch_size):
             x0 = latents[start : start + batch_size]
             eps = noise[start : start + batch_size]
             tt = torch.full((x0.shape[0],), float(t))
             x_t, target = schedule.add_noise(x0, eps, tt), schedule.target(x0, eps, tt)
-            for variant in VARIANTS:
-                text = prompt_encoder([swapped(c, variant) for c in captions[start : start + batch_size]])
-                err = (denoiser(x_t, tt, text) - target).pow(2).flatten(1).mean(1)
+            for variant, text in texts.items():
+                err = (denoiser(x_t, tt, text[start : start + batch_size]) - target).pow(2).flatten(1).mean(1)
                 sums[variant] += float(err.sum())
         out[float(t)] = {v: s / len(captions) for v, s in sums.items()}
     return out
