@@ -12,13 +12,18 @@ import torch
 from torch import Tensor
 
 
+def to_uint8(videos: Tensor) -> Tensor:
+    """Pixels in [-1, 1] (clamped) as uint8 in [0, 255], same shape."""
+    return ((videos.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def video_grid(videos: Tensor, columns: int | None = None) -> Tensor:
     """Tile ``(B, 3, F, H, W)`` clips in [-1, 1] into one ``(F, H_grid, W_grid, 3)`` uint8 video."""
     b, _, f, h, w = videos.shape
     columns = columns or math.ceil(math.sqrt(b))
     rows = math.ceil(b / columns)
     grid = torch.zeros(f, rows * h, columns * w, 3, dtype=torch.uint8)
-    frames = ((videos.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+    frames = to_uint8(videos).permute(0, 2, 3, 4, 1)
     for i in range(b):
         r, c = divmod(i, columns)
         grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = frames[i]
@@ -73,7 +78,7 @@ def frames_sheet(
         y += gap
         for label, videos in rows:
             draw.text((4, y + line_h // 2 - 5), label, fill=(0, 0, 0))
-            frames = ((videos[i].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0)
+            frames = to_uint8(videos[i]).permute(1, 2, 3, 0)
             for j, frame in enumerate(frames.numpy()):
                 tile = Image.fromarray(frame).resize((w * scale, h * scale), Image.NEAREST)
                 sheet.paste(tile, (label_w + j * (w * scale + 2), y))

@@ -50,7 +50,7 @@ from avdm.data.stored_latents import StoredLatentDataModule
 from avdm.errors import AvdmUserError, ConfigError
 from avdm.models.bundle import ModelBundle, parse_dtype
 from avdm.models.denoiser import Denoiser
-from avdm.models.schedules import NoiseSchedule
+from avdm.models.generator import FewStepGenerator
 from avdm.models.teacher_sampling import make_scheduler, sample_teacher
 
 FORMAT = "avdm-synvid/1"
@@ -489,12 +489,10 @@ class SynVidDataModule(StoredLatentDataModule):
         super().setup(stage)
         generator = getattr(self.trainer.lightning_module if self.trainer else None, "generator", None)
         if generator is not None:
-            check_ladder(generator.timesteps, generator.t_values, generator.denoiser.schedule, self.dataset)
+            check_ladder(generator, self.dataset)
 
 
-def check_ladder(
-    timesteps: Sequence[float], t_values: Sequence[float], schedule: NoiseSchedule, dataset: SynVidDataset
-) -> None:
+def check_ladder(generator: FewStepGenerator, dataset: SynVidDataset) -> None:
     """Refuse a student ladder that differs from the times of the SynVid key points it learns from.
 
     The student steps from key point ``k`` to ``k + 1`` at the key times ``t_0 > ... > t_{N-2}`` (the last
@@ -504,11 +502,13 @@ def check_ladder(
         ConfigError: naming both ladders and the ``module.generator_timesteps`` that matches the data.
     """
     key_t = [float(t) for t in dataset.key_times[:-1]]
+    t_values = generator.t_values
     if len(key_t) == len(t_values) and all(abs(a - b) < 1e-4 for a, b in zip(key_t, t_values)):
         return
-    wanted = [round(float(schedule.timestep(torch.tensor(t))), 3) for t in key_t]
+    wanted = [round(float(generator.denoiser.schedule.timestep(torch.tensor(t))), 3) for t in key_t]
+    ladder = [round(s, 3) for s in generator.timesteps]
     raise ConfigError(
-        f"module.generator_timesteps={[round(s, 3) for s in timesteps]} differ from the key points of "
+        f"module.generator_timesteps={ladder} differ from the key points of "
         f"'{dataset.root}' (key steps {dataset.key_steps} of {dataset.index['num_steps']}, "
         f"timesteps {wanted}): "
         f"the student would be sampled at times it never trained on; set module.generator_timesteps={wanted}"

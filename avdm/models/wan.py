@@ -187,42 +187,27 @@ def load_prompt_encoder(
     """Tokenizer + text encoder of a diffusers folder (``tokenizer/``, ``text_encoder/``): UMT5 (Wan, padded
     positions zeroed) or CLIP (``last_hidden_state``, padded to the tokenizer's ``model_max_length``)."""
     config = _subfolder_config(source, "text_encoder")
-    if (config or {}).get("model_type") == "clip_text_model":
-        tokenizer = load_pretrained(
-            "the tokenizer",
-            key,
-            CLIPTokenizer.from_pretrained,
-            source,
-            subfolder="tokenizer",
-            local_files_only=local,
-        )
-        encoder = load_pretrained(
-            "the CLIP text encoder",
-            key,
-            CLIPTextModel.from_pretrained,
-            source,
-            subfolder="text_encoder",
-            torch_dtype=dtype,
-            local_files_only=local,
-        )
-        return PromptEncoder(tokenizer, encoder, max_length=max_length)
+    clip = (config or {}).get("model_type") == "clip_text_model"
+    tokenizer_cls, encoder_cls = (CLIPTokenizer, CLIPTextModel) if clip else (AutoTokenizer, UMT5EncoderModel)
     tokenizer = load_pretrained(
         "the tokenizer",
         key,
-        AutoTokenizer.from_pretrained,
+        tokenizer_cls.from_pretrained,
         source,
         subfolder="tokenizer",
         local_files_only=local,
     )
     encoder = load_pretrained(
-        "the UMT5 text encoder",
+        f"the {'CLIP' if clip else 'UMT5'} text encoder",
         key,
-        UMT5EncoderModel.from_pretrained,
+        encoder_cls.from_pretrained,
         source,
         subfolder="text_encoder",
         torch_dtype=dtype,
         local_files_only=local,
     )
+    if clip:
+        return PromptEncoder(tokenizer, encoder, max_length=max_length)
     return MaskedPromptEncoder(tokenizer, encoder, max_length=max_length or 512)
 
 
