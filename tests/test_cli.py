@@ -116,6 +116,27 @@ def test_inverted_t_range_exits_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["+experiment=avdm2_tiny", "loss.sdm.guidance_convention=bogus"],
+            "guidance_convention must be one of",
+        ),
+        (["model=wan_tiny", "model.position=[time]"], "model.position must be distinct names from"),
+    ],
+    ids=["plugin-choice", "model-position"],
+)
+def test_values_refused_by_a_constructor_end_in_one_line(tmp_path, overrides, message):
+    """Checks inside plugin and model constructors (not in validate) still stop the run in one line."""
+    result = _run(tmp_path, *overrides, "trainer.max_steps=1", "hydra.run.dir=run")
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("avdm: error: ") and message in last
+    assert not (tmp_path / "run" / "checkpoints").exists(), "nothing was trained"
+
+
+@pytest.mark.slow
 def test_multirun_sweep_gives_each_job_its_own_folder_and_metrics(tmp_path):
     result = _run(
         tmp_path,

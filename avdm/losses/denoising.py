@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from avdm.errors import ConfigError
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext
 from avdm.losses.functional import WEIGHTINGS, check_choice, check_t_range, denoising_loss
 from avdm.models.schedules import T_DENSITIES
@@ -56,7 +57,7 @@ class DenoisingLoss(DistillationLoss):
         self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
         check_choice("t_density", t_density, T_DENSITIES)
         if logit_std <= 0:
-            raise ValueError(f"logit_std must be > 0, got {logit_std}")
+            raise ConfigError(f"logit_std must be > 0, got {logit_std}")
         self.single_frame = bool(single_frame)
         self.t_density, self.logit_mean, self.logit_std = t_density, float(logit_mean), float(logit_std)
 

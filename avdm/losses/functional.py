@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser
 from avdm.models.schedules import NoiseSchedule
 
@@ -56,16 +57,17 @@ def denoising_loss(
 
 
 # --- argument checks shared by the plugins ---------------------------------------------------------
+# They raise ConfigError (a ValueError): a plugin built from a config then stops the run with one line.
 def check_t_range(t_min: float, t_max: float, name: str = "t_min/t_max") -> None:
-    """Raise ``ValueError`` unless ``0 <= t_min < t_max <= 1`` (normalized times, fractions of T)."""
+    """Raise :class:`~avdm.errors.ConfigError` unless ``0 <= t_min < t_max <= 1`` (fractions of T)."""
     if not 0.0 <= t_min < t_max <= 1.0:
-        raise ValueError(f"{name} must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
+        raise ConfigError(f"{name} must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    """Raise :class:`~avdm.errors.ConfigError` unless ``value`` is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
 
 
 # --- score distribution matching (AVDM2 Sec. 4.2, DMD) ---------------------------------------------

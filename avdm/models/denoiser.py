@@ -19,6 +19,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from avdm.errors import ConfigError
 from avdm.models.feature_tap import FeatureTap
 from avdm.models.schedules import NoiseSchedule
 
@@ -173,12 +174,12 @@ class VideoTransformerDenoiser(Denoiser):
         super().__init__(model, schedule)
         unknown = [a for a in position if a not in POSITION_CHANNELS]
         if unknown or len(set(position)) != len(position):
-            raise ValueError(
+            raise ConfigError(
                 f"model.position must be distinct names from {POSITION_CHANNELS}, got {list(position)}"
             )
         cfg = model.config
         if cfg.in_channels != cfg.out_channels + len(position):
-            raise ValueError(
+            raise ConfigError(
                 f"the transformer takes {cfg.in_channels} input channels and predicts {cfg.out_channels}: "
                 f"model.position must name {cfg.in_channels - cfg.out_channels} coordinate channel(s), "
                 f"got {list(position)}"

@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL, AutoencoderKLWan, FlowMatchEulerDiscreteSch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
-from avdm.errors import MissingWeightsError
+from avdm.errors import ConfigError, MissingWeightsError
 from avdm.models.animatediff import tiny_prompt_encoder
 from avdm.models.bundle import ModelBundle, PromptEncoder, load_pretrained, parse_dtype
 from avdm.models.denoiser import FrameTransformerDenoiser, VideoTransformerDenoiser
@@ -350,7 +350,7 @@ def build_wan(
         equals the teacher schedule's.
     """
     if image_teacher not in ("none", "shared"):
-        raise ValueError(f"model.image_teacher must be 'none' or 'shared', got {image_teacher!r}")
+        raise ConfigError(f"model.image_teacher must be 'none' or 'shared', got {image_teacher!r}")
     position = tuple(position or ())
     if source not in ("tiny", "pretrained"):
         raise ValueError(f"model.source must be 'pretrained' or 'tiny', got {source!r}")
