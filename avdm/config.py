@@ -15,6 +15,7 @@ Importing it registers the ``${avdm_asset:NAME}`` resolver (weights shipped insi
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,13 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from avdm.config_schema import bad_value, check_arguments, check_value
 from avdm.errors import ConfigError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+# conf/ ships inside the wheel as avdm/conf; in a source checkout it sits beside the package.
+_PACKAGED = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _PACKAGED.parent.parent / "conf")
 
 
 def asset_path(name: str) -> str:
@@ -45,19 +50,49 @@ def _resolve_target(path: str, key: str) -> Callable[..., Any]:
         raise ConfigError(f"{key}._target_: cannot import {path!r} ({type(err).__name__})") from None
 
 
+def plain_values(node: DictConfig) -> dict[str, Any]:
+    """The node's values as plain Python (interpolations resolved); a value that cannot be resolved
+    outside a running Hydra job (``${hydra:...}``) is left out."""
+    values = {}
+    for k in node:
+        if k in _HYDRA_KEYS:
+            continue
+        try:
+            child = node[k]
+        except Exception:
+            continue
+        if isinstance(child, (DictConfig, ListConfig)):
+            try:
+                values[str(k)] = OmegaConf.to_container(child, resolve=True)
+            except Exception:
+                continue
+        else:
+            values[str(k)] = child
+    return values
+
+
+def check_keys(
+    values: dict[str, Any], key: str, target: Callable[..., Any], skip: tuple[str, ...] = ()
+) -> None:
+    """Unknown keys, wrong types, non-finite numbers and values out of range, for one call of ``target``
+    (``skip``: parameters the code passes itself, such as ``models``)."""
+    params = inspect.signature(target).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted = [
+            n
+            for n, p in params.items()
+            if p.kind is not inspect.Parameter.VAR_POSITIONAL and n != "self" and n not in skip
+        ]
+        unknown = [k for k in values if k not in accepted]
+        if unknown:
+            prefix = f"{key}." if key else ""
+            raise ConfigError(f"{prefix}{unknown[0]}: unknown key; accepted keys: {', '.join(accepted)}")
+    check_arguments(values, key, target)
+
+
 def _check_arguments(node: DictConfig, key: str) -> Callable[..., Any]:
     target = _resolve_target(node["_target_"], key)
-    params = inspect.signature(target).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return target
-    accepted = [
-        n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL and n != "self"
-    ]
-    unknown = [k for k in node if k not in _HYDRA_KEYS and k not in accepted]
-    if unknown:
-        raise ConfigError(
-            f"{key}.{unknown[0]}: unknown key for {node['_target_']}; accepted keys: {accepted}"
-        )
+    check_keys(plain_values(node), key, target)
     return target
 
 
@@ -81,21 +116,24 @@ def _check_ranges(node: DictConfig, key: str) -> None:
                 f"{key}.t_min={t_min}, {key}.t_max={t_max}: need 0 <= t_min < t_max <= 1 "
                 f"(fractions of the teacher's T)"
             )
-    if "weight" in node and node["weight"] < 0:
-        raise ConfigError(f"{key}.weight={node['weight']}: must be >= 0")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` on the first invalid key of a composed training config."""
     from avdm.losses.base import DistillationLoss
 
+    unknown = [k for k in cfg if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]}: unknown top-level key; accepted keys: {', '.join(sorted(TOP_LEVEL_KEYS))}"
+        )
+    check_value("seed", "seed", cfg.get("seed", 0), int)
+    check_value("task_name", "task_name", cfg.get("task_name", ""), str)
+    check_value("ckpt_path", "ckpt_path", cfg.get("ckpt_path"), str | None)
     if cfg.get("autoencoder"):
         from avdm.autoencoder import AutoencoderModule
 
-        accepted = [n for n in inspect.signature(AutoencoderModule).parameters if n != "models"]
-        unknown = [k for k in cfg.autoencoder if k not in accepted]
-        if unknown:
-            raise ConfigError(f"autoencoder.{unknown[0]}: unknown key; accepted keys: {accepted}")
+        check_keys(plain_values(cfg.autoencoder), "autoencoder", AutoencoderModule, skip=("models",))
     if not cfg.get("loss") or all(node is None for node in cfg.loss.values()):
         raise ConfigError("loss: no loss plugin selected; pick some, e.g. 'loss=[frame_sdm,gan]'")
     model_frames = OmegaConf.select(cfg, "model.num_frames")
@@ -120,12 +158,51 @@ def validate(cfg: DictConfig) -> None:
             _walk_targets(cfg[section], section)
     from avdm.module import DistillationModule
 
-    accepted = [n for n in inspect.signature(DistillationModule).parameters if n not in ("models", "losses")]
-    unknown = [k for k in cfg.module if k not in accepted]
-    if unknown:
-        raise ConfigError(f"module.{unknown[0]}: unknown key; accepted keys: {accepted}")
-    if cfg.module.critic_steps_per_generator_step < 1:
-        raise ConfigError(
-            "module.critic_steps_per_generator_step: must be >= 1, got "
-            f"{cfg.module.critic_steps_per_generator_step}"
+    module_values = plain_values(cfg.module)
+    check_keys(module_values, "module", DistillationModule, skip=("models", "losses"))
+    _check_ladder(module_values.get("generator_timesteps"))
+    for i, group in enumerate(module_values.get("generator_param_groups") or []):
+        _check_param_group(group, f"module.generator_param_groups[{i}]")
+
+
+# The keys of conf/train.yaml and its config groups; anything else at the top is a typo.
+TOP_LEVEL_KEYS = frozenset(
+    {"model", "loss", "data", "trainer", "callbacks", "logger", "module", "autoencoder", "task_name",
+     "seed", "ckpt_path", "paths", "hydra"}
+)  # fmt: skip
+
+
+def _check_ladder(ladder: Any) -> None:
+    """``module.generator_timesteps``: finite, strictly decreasing, within [0, 1000] (the exact bound is
+    the teacher's ``num_train_timesteps``, checked when the generator is built)."""
+    if ladder is None:
+        return
+    key = "module.generator_timesteps"
+    if not isinstance(ladder, list) or not ladder:
+        raise bad_value(key, ladder, "expected a non-empty list of timesteps, high to low")
+    for step in ladder:
+        check_value(key, "generator_timesteps", step, float)
+    if any(a <= b for a, b in zip(ladder, ladder[1:])):
+        raise bad_value(key, ladder, "expected strictly decreasing timesteps, e.g. [999, 749, 499, 249]")
+    if ladder[-1] < 0 or ladder[0] > 1000:
+        raise bad_value(
+            key, ladder, "expected timesteps in [0, num_train_timesteps] (1000 for every shipped teacher)"
         )
+
+
+def _check_param_group(group: Any, key: str) -> None:
+    """One ``{pattern, lr, frozen, weight_decay, betas, eps}`` entry of a name-pattern parameter group."""
+    accepted = {"pattern": str, "lr": float, "frozen": bool, "weight_decay": float, "betas": list[float],
+                "eps": float}  # fmt: skip
+    if not isinstance(group, dict) or "pattern" not in group:
+        raise bad_value(key, group, "expected {pattern: REGEX, lr: NUMBER} or {pattern: REGEX, frozen: true}")
+    for name, value in group.items():
+        if name not in accepted:
+            raise ConfigError(f"{key}.{name}: unknown key; accepted keys: {', '.join(accepted)}")
+        check_value(f"{key}.{name}", name, value, accepted[name])
+    if "lr" not in group and not group.get("frozen", False):
+        raise ConfigError(f"{key}: needs an lr (or frozen: true)")
+    try:
+        re.compile(group["pattern"])
+    except re.error as err:
+        raise bad_value(f"{key}.pattern", group["pattern"], f"not a regular expression ({err})") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -11,7 +12,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class AvdmUserError(Exception):
-    """A problem the user fixes in their config or files; its message is the whole report."""
+    """A problem the user fixes in their config or files; its message is the whole report, printed
+    as ``avdm: <label>: <message>`` with exit status ``exit_code``."""
+
+    label = "error"
+    exit_code = 2
 
 
 class MissingWeightsError(AvdmUserError):
@@ -31,6 +36,23 @@ def find_user_error(err: BaseException | None) -> AvdmUserError | None:
     return None
 
 
+def construction_error(err: BaseException) -> str | None:
+    """One line for a value a constructor refused while Hydra built it (``instantiate`` wraps the
+    ``ValueError`` / ``TypeError`` in an ``InstantiationException`` that names the config key)."""
+    from hydra.errors import InstantiationException
+
+    if not isinstance(err, InstantiationException):
+        return None
+    cause = err.__cause__ or err.__context__
+    while isinstance(cause, InstantiationException):
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, (ValueError, TypeError)):
+        return None
+    found = re.search(r"full_key: (\S+)", str(err))
+    detail = " ".join(str(cause).split())
+    return f"{found.group(1)}: {detail}" if found else detail
+
+
 def report_user_errors(fn: F) -> F:
     """Decorate a CLI entry: a user error ends the program with one line on stderr and exit status 2."""
 
@@ -40,9 +62,11 @@ def report_user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except Exception as err:
             user_error = find_user_error(err)
-            if user_error is None:
+            message = str(user_error) if user_error is not None else construction_error(err)
+            if message is None:
                 raise
-            print(f"avdm: error: {user_error}", file=sys.stderr)
-            sys.exit(2)
+            label = user_error.label if user_error is not None else "error"
+            print(f"avdm: {label}: {message}", file=sys.stderr)
+            sys.exit(user_error.exit_code if user_error is not None else 2)
 
     return wrapper  # type: ignore[return-value]

@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from avdm.errors import report_user_errors
-from avdm.train import CONFIG_DIR
+from avdm.hydra_entry import hydra_command
 
 log = logging.getLogger("avdm.precompute")
 
@@ -66,10 +64,11 @@ def precompute(cfg: DictConfig) -> dict[str, Any]:
     return index
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="precompute")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     precompute(cfg)
+
+
+main = hydra_command(run, "precompute")
 
 
 if __name__ == "__main__":

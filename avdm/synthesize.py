@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from avdm.errors import report_user_errors
-from avdm.train import CONFIG_DIR
+from avdm.hydra_entry import hydra_command
 
 log = logging.getLogger("avdm.synthesize")
 
@@ -55,10 +53,11 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     return index
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="synthesize")
-@report_user_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     synthesize(cfg)
+
+
+main = hydra_command(run, "synthesize")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +73,43 @@ def test_paper_experiment_carries_the_paper_settings():
         (["loss.gan._target_=avdm.losses.NoSuchLoss"], "loss.gan._target_"),
         (["+trainer.max_stepz=3"], "trainer.max_stepz"),
         (["+module.ema=0.99"], "module.ema"),
+        # wrong types, from the constructors' type hints
+        (["loss.sdm.t_min=abc"], "loss.sdm.t_min='abc': expected a number"),
+        (["module.warmup_steps=ten"], "module.warmup_steps='ten': expected an integer"),
+        (["module.backward_simulation=3"], "module.backward_simulation=3: expected true or false"),
+        (["seed=abc"], "seed='abc'"),
+        (["data.num_samples=1.5"], "data.num_samples=1.5: expected an integer"),
+        (["+trainer.precision=17"], "trainer.precision=17"),
+        # ranges and finiteness, before any model is built
+        (["loss.sdm.weight=nan"], "loss.sdm.weight=nan: must be finite"),
+        (["loss.gan.weight=inf"], "loss.gan.weight=inf: must be finite"),
+        (["module.critic_lr=-1"], r"module.critic_lr=-1: expected a number in \(0, inf\]"),
+        (["module.generator_param_groups=[{pattern: '.*', lr: -1e-4}]"], "generator_param_groups[0].lr"),
+        (["module.generator_param_groups=[{pattern: '.*', lr: 1e-4, momentum: 1}]"], "[0].momentum: unknown"),
+        (
+            ["module.generator_timesteps=[249,499]"],
+            "module.generator_timesteps=[249, 499]: expected strictly",
+        ),
+        (
+            ["module.generator_timesteps=[1500,10]"],
+            "module.generator_timesteps=[1500, 10]: expected timesteps in",
+        ),
+        (["module.generator_timesteps=[]"], "module.generator_timesteps=[]"),
+        (["module.ema_decay=1.5"], "module.ema_decay=1.5"),
+        (["module.betas=[0.9,1.5]"], "module.betas=[0.9, 1.5]"),
+        (["data.batch_size=0"], "data.batch_size=0: expected a number in [1, inf]"),
+        (["trainer.max_steps=-5"], "trainer.max_steps=-5: expected a number in [1, inf] or -1"),
+        (["trainer.max_steps=0"], "trainer.max_steps=0"),
+        (["callbacks.checkpoint.every_n_train_steps=-1"], "callbacks.checkpoint.every_n_train_steps=-1"),
+        # unknown keys at any level
+        (["+bogus_key=1"], "bogus_key: unknown top-level key"),
+        (["+data.bogus=1"], "data.bogus: unknown key"),
+        (["+callbacks.samples.bogus=1"], "callbacks.samples.bogus: unknown key"),
     ],
 )
 def test_invalid_configs_name_the_key(overrides, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    """Each bad value is refused by validate(), before any model is built, naming key and value."""
+    with pytest.raises(ConfigError, match=re.escape(key) if "\\" not in key else key):
         validate(_compose("+experiment=avdm2_tiny", *overrides))
 
 

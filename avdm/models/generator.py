@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser
 
 RENOISE = ("fresh", "deterministic")
@@ -51,19 +52,23 @@ class FewStepGenerator(nn.Module):
     ) -> None:
         super().__init__()
         if renoise not in RENOISE:
-            raise ValueError(f"generator renoise must be one of {RENOISE}, got {renoise!r}")
+            raise ConfigError(f"module.generator_renoise={renoise!r}: expected one of {', '.join(RENOISE)}")
         self.renoise = renoise
         if (
             len(timesteps) < 1
             or list(timesteps) != sorted(timesteps, reverse=True)
             or len(set(timesteps)) != len(timesteps)
         ):
-            raise ValueError(
-                f"generator.timesteps must be a non-empty strictly decreasing list, got {list(timesteps)}"
+            raise ConfigError(
+                f"module.generator_timesteps={list(timesteps)}: expected a non-empty, strictly "
+                "decreasing list"
             )
         T = denoiser.schedule.num_train_timesteps
         if timesteps[0] > T or timesteps[-1] < 0:
-            raise ValueError(f"generator.timesteps must lie in [0, {T}], got {list(timesteps)}")
+            raise ConfigError(
+                f"module.generator_timesteps={list(timesteps)}: expected timesteps in [0, {T}] "
+                "(the teacher's timestep units)"
+            )
         self.denoiser = denoiser
         self.timesteps = [float(s) for s in timesteps]
         # Plain floats, not a buffer: casting the module to bf16 must not move the ladder (499/999 -> 0.5).
