@@ -12,18 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import avdm.config  # noqa: F401  (registers ${avdm_asset:...} used by configs of shipped weights)
-from avdm.errors import AvdmUserError
+from avdm.checkpoint_io import CheckpointError, check_fits, read_checkpoint
 from avdm.models.bundle import ModelBundle
 from avdm.module import DistillationModule
-
-
-class CheckpointError(AvdmUserError):
-    """A checkpoint or its run config is missing or does not fit the model it describes."""
 
 
 @dataclass
@@ -77,20 +72,10 @@ def load_checkpoint_into(module: DistillationModule, ckpt_path: str | Path) -> d
     The frozen teacher weights come from ``module`` itself (``on_load_checkpoint``), then every key
     must match (``strict=True``).
     """
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise CheckpointError(f"Checkpoint '{ckpt_path}' does not exist")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if "state_dict" not in checkpoint:
-        raise CheckpointError(f"'{ckpt_path}' is not a Lightning checkpoint (no 'state_dict')")
+    checkpoint = read_checkpoint(ckpt_path)
     module.on_load_checkpoint(checkpoint)
-    try:
-        module.load_state_dict(checkpoint["state_dict"], strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise CheckpointError(
-            f"Checkpoint '{ckpt_path}' does not fit the model of its run config: {first}"
-        ) from err
+    check_fits(checkpoint, module.state_dict(), ckpt_path)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
     return checkpoint
 
 

@@ -35,7 +35,11 @@ FROZEN_PREFIXES = ("teachers.", "prompt_encoder.", "vae.")
 
 
 class NonFiniteLossError(AvdmUserError):
-    """Too many consecutive iterations with a non-finite loss."""
+    """Too many consecutive iterations with a non-finite loss or gradient."""
+
+
+class NonFiniteWeightsError(AvdmUserError):
+    """An update left trainable weights non-finite; training stops before any checkpoint holds them."""
 
 
 @contextmanager
@@ -184,7 +188,16 @@ class DistillationModule(L.LightningModule):
     # --- conditioning ------------------------------------------------------------------------
     def with_latents(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
         """The batch with ``latents``: pixel clips ``(B, 3, F, H, W)`` are encoded with the teacher's VAE."""
-        if "latents" in batch or "pixels" not in batch:
+        if "latents" in batch:
+            shape = tuple(batch["latents"].shape[1:])
+            if shape != self.latent_shape:
+                raise ConfigError(
+                    f"data: latents of shape {list(shape)} do not fit the model, whose latents are "
+                    f"{list(self.latent_shape)} (model.num_frames / model.resolution, or the data's "
+                    "latent_shape)"
+                )
+            return batch
+        if "pixels" not in batch:
             return batch
         if self.vae is None:
             raise ConfigError("data: the batch holds pixels but the model has no VAE to encode them")
@@ -221,24 +234,37 @@ class DistillationModule(L.LightningModule):
         finite = torch.tensor(0.0 if bad else 1.0, device=self.device)
         if float(self.trainer.strategy.reduce(finite, reduce_op="min")) == 1.0:
             return True
-        bad = bad or ["(on another rank)"]
+        self._count_nonfinite(bad or ["(on another rank)"], phase)
+        return False
+
+    def _count_nonfinite(self, bad: list[str], phase: str) -> None:
+        """One skipped update; stop after ``max_consecutive_nonfinite`` in a row."""
         self.nonfinite_skips += 1
         self.consecutive_nonfinite += 1
         self.log(f"{phase}/nonfinite_skips", self.nonfinite_skips.float(), batch_size=1)
         count, limit = int(self.consecutive_nonfinite), self.max_consecutive_nonfinite
         if count >= limit:
+            role = "generator" if phase == "gen" else "critic"
             raise NonFiniteLossError(
-                f"{phase} loss term(s) {bad} were non-finite in {count} consecutive iterations "
-                f"(module.max_consecutive_nonfinite={limit}); training stopped, the last checkpoint was kept"
+                f"{role} update skipped: {', '.join(bad)} non-finite in {count} consecutive iterations "
+                f"(module.max_consecutive_nonfinite={limit}); training stopped"
             )
-        return False
 
-    def _update(self, optimizer: Any, scheduler: Any, loss: Tensor, counted: bool) -> Tensor | None:
-        """Backward, clip, step; returns the gradient norm before clipping (``None``: no gradient)."""
+    def _update(
+        self, optimizer: Any, scheduler: Any, loss: Tensor, counted: bool, role: str
+    ) -> tuple[bool, Tensor | None]:
+        """Backward, clip, step. Returns whether the step was taken (not when the gradient is non-finite:
+        an Adam step on it would make the weights NaN) and the gradient norm before clipping."""
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        # After DDP's all-reduce the gradients, and so this decision, are the same on every rank.
+        if grad_norm is not None and not torch.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            self._count_nonfinite([f"{role} gradient"], "gen" if role == "generator" else "critic")
+            return False, grad_norm
         if self.grad_clip_norm is not None:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm"
@@ -249,7 +275,12 @@ class DistillationModule(L.LightningModule):
             self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None)
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        return grad_norm
+        if not torch.isfinite(torch.nn.utils.get_total_norm(params)):
+            raise NonFiniteWeightsError(
+                f"the {role}'s weights became non-finite at iteration {int(self.iterations)} "
+                f"(finite loss and gradient: a learning rate or loss weight too large?); training stopped"
+            )
+        return True, grad_norm
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         optimizers = self.optimizers()
@@ -274,9 +305,16 @@ class DistillationModule(L.LightningModule):
                 x0_fake = self.generator.simulate(z, text, k).x0 if self.needs_sample else None
                 ctx = context(x0_fake)
                 outputs = {name: plugin.generator_loss(ctx) for name, plugin in self.losses.items()}
-                if self._check_finite({n: o.loss for n, o in outputs.items()}, "gen"):
-                    total = sum(self.losses[n].weight * o.loss for n, o in outputs.items())
-                    grad_norm = self._update(optimizers[0], schedulers[0], total, counted=True)
+                # What is backpropagated is the weighted total: judged itself, with each term named.
+                total = sum(self.losses[n].weight * o.loss for n, o in outputs.items())
+                terms = {f"loss term {n}": o.loss for n, o in outputs.items()}
+                terms["weighted total"] = total
+                stepped = self._check_finite(terms, "gen")
+                if stepped:
+                    stepped, grad_norm = self._update(
+                        optimizers[0], schedulers[0], total, counted=True, role="generator"
+                    )
+                if stepped:
                     self.generator_steps += 1
                     if self.generator_ema is not None:
                         self.generator_ema.update_parameters(self.generator)
@@ -299,8 +337,12 @@ class DistillationModule(L.LightningModule):
                 stepped = False
                 for i, name in enumerate(self.critic_plugins, start=1):
                     out = self.losses[name].critic_loss(ctx)
-                    if self._check_finite({name: out.loss}, "critic"):
-                        grad_norm = self._update(optimizers[i], schedulers[i], out.loss, counted=False)
+                    if not self._check_finite({f"loss of {name}": out.loss}, "critic"):
+                        continue
+                    taken, grad_norm = self._update(
+                        optimizers[i], schedulers[i], out.loss, counted=False, role=f"{name} critic"
+                    )
+                    if taken:
                         logs.update({f"critic/{name}/{key}": v for key, v in out.logs.items()})
                         if grad_norm is not None:
                             logs[f"grad_norm/{name}"] = grad_norm
