@@ -261,11 +261,17 @@ def test_check_cli_lists_unusable_videos_and_fails_cleanly_without_csv(openvid, 
     cmd = [sys.executable, "-m", "avdm.data.check"]
     args = [str(openvid["csv"]), str(openvid["videos"]), "--num-frames", "4", "--stride", "2"]
     # Both runs at once: each pays the import of lightning.
+    unusable = tmp_path / "unusable.csv"
+    unusable.write_text("video,caption\n" + "".join(f"{name},a clip\n" for name in openvid["bad"]))
     runs = [
         subprocess.Popen(cmd + a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for a in (args, [str(tmp_path / "nope.csv"), str(openvid["videos"])])
+        for a in (args, [str(tmp_path / "nope.csv"), str(openvid["videos"])], [str(unusable), *args[1:]])
     ]
-    (ok_out, ok_err), (bad_out, bad_err) = (run.communicate(timeout=120) for run in runs)
+    (ok_out, ok_err), (bad_out, bad_err), (none_out, none_err) = (
+        run.communicate(timeout=120) for run in runs
+    )
+    assert runs[2].returncode == 1 and "usable: 0" in none_out.splitlines(), none_err
+    assert none_err.strip() == f"python -m avdm.data.check: error: no usable video in {unusable}"
     assert runs[0].returncode == 0, ok_err
     lines = ok_out.splitlines()
     assert (

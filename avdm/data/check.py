@@ -1,8 +1,9 @@
 """``python -m avdm.data.check CSV VIDEO_DIR``: which OpenVid videos can give a training clip, and why not.
 
 Reads every video's header and packets (``--decode`` also decodes one clip each); trains nothing.
-Prints the number of usable videos and one ``name: reason`` line per unusable one, and exits 0.
-A missing CSV or video folder ends with one line on stderr and exit status 2.
+Prints the number of usable videos and one ``name: reason`` line per unusable one; exits 0 when at
+least one video is usable, 1 when none is (nothing to train on). A missing CSV or video folder ends
+with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"unusable: {len(problems)}" + (f" ({by_reason})" if problems else ""))
     for video, reason in problems:
         print(f"  {video}: {reason}")
+    if len(problems) == len(rows):
+        print(f"{parser.prog}: error: no usable video in {args.csv}", file=sys.stderr)
+        return 1
     return 0
 
 
