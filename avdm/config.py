@@ -206,3 +206,28 @@ def _check_param_group(group: Any, key: str) -> None:
         re.compile(group["pattern"])
     except re.error as err:
         raise bad_value(f"{key}.pattern", group["pattern"], f"not a regular expression ({err})") from None
+
+
+def validate_command(
+    cfg: DictConfig,
+    scalars: dict[str, Any],
+    calls: dict[str, Callable[..., Any]],
+    groups: tuple[str, ...] = ("model",),
+) -> None:
+    """Validate the config of a tool (``synthesize``, ``precompute``) as :func:`validate` does a training
+    config: ``scalars`` maps top-level keys to their types, ``calls`` top-level nodes to the callable
+    their keys go to, ``groups`` are config groups of ``_target_`` nodes. Values still ``???`` are left
+    to the tool, which names what to set."""
+    accepted = {*scalars, *calls, *groups, "hydra"}
+    unknown = [k for k in cfg if k not in accepted]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown top-level key; accepted keys: {', '.join(sorted(accepted))}")
+    for name, annotation in scalars.items():
+        if name in cfg and not OmegaConf.is_missing(cfg, name):
+            check_value(name, name, cfg[name], annotation)
+    for name, target in calls.items():
+        if isinstance(cfg.get(name), DictConfig):
+            check_keys(plain_values(cfg[name]), name, target)
+    for name in groups:
+        if cfg.get(name) is not None:
+            _walk_targets(cfg[name], name)

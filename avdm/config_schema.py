@@ -98,6 +98,10 @@ RANGES: dict[str, Range] = {
     "save_top_k": Range(-1.0),
     "gradient_clip_val": _NON_NEGATIVE,
     "fps": _AT_LEAST_ONE,
+    "num_steps": _AT_LEAST_ONE,
+    "stride": _AT_LEAST_ONE,
+    "max_shards": _AT_LEAST_ONE,
+    "limit": _AT_LEAST_ONE,
 }
 
 

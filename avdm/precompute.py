@@ -9,7 +9,7 @@ Errors in the user's config or files end the run with one line on stderr and exi
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -24,8 +24,16 @@ def precompute(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from avdm.data.latent_cache import skipped_counts, write_latent_cache
+    from avdm.config import validate_command
     from avdm.data.openvid import OpenVidDataset
     from avdm.errors import AvdmUserError
+
+    validate_command(
+        cfg,
+        scalars={"task_name": str, "seed": int, "root": str, "shard_size": int, "batch_size": int,
+                 "dtype": Literal["float32", "bfloat16", "float16"], "device": str, "limit": int | None},
+        calls={"data": OpenVidDataset},
+    )  # fmt: skip
 
     for key in ("csv", "video_dir"):
         if OmegaConf.is_missing(cfg.data, key):

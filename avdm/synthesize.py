@@ -8,7 +8,7 @@ end the run with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -22,8 +22,17 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     """Build the teacher from ``cfg.model`` and write (or complete) the SynVid root; returns its index."""
     import torch
 
+    from avdm.config import validate_command
     from avdm.data.synvid import SamplerSettings, read_prompts, write_synvid
     from avdm.errors import AvdmUserError
+
+    validate_command(
+        cfg,
+        scalars={"task_name": str, "seed": int, "prompts": str, "root": str, "shard_size": int,
+                 "batch_size": int, "dtype": Literal["float32", "bfloat16", "float16"], "device": str,
+                 "max_shards": int | None},  # fmt: skip
+        calls={"sampler": SamplerSettings},
+    )
 
     if OmegaConf.is_missing(cfg, "prompts"):
         raise AvdmUserError("prompts: no prompt file given; set prompts=/path/to/prompts.txt (one per line)")

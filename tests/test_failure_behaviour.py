@@ -100,6 +100,31 @@ def test_bad_command_lines_end_in_one_line_and_exit_2(tmp_path):
     assert (tmp_path / "a_file").is_file()
 
 
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        ("synthesize", ["batch_size=0"], "batch_size=0: expected a number in [1, inf]"),
+        ("synthesize", ["sampler.num_steps=abc"], "sampler.num_steps='abc': expected an integer"),
+        ("synthesize", ["+sampler.cfg=2"], "sampler.cfg: unknown key"),
+        ("synthesize", ["sampler.guidance_scale=nan"], "sampler.guidance_scale=nan: must be finite"),
+        ("precompute", ["+bogus=1"], "bogus: unknown top-level key"),
+        ("precompute", ["dtype=int8"], "dtype='int8': expected one of 'float32', 'bfloat16', 'float16'"),
+        ("precompute", ["data.stride=0"], "data.stride=0: expected a number in [1, inf]"),
+        ("precompute", ["limit=-3"], "limit=-3"),
+    ],
+)
+def test_tool_configs_are_validated_like_training_configs(config, overrides, message):
+    from avdm.errors import ConfigError
+    from avdm.precompute import precompute
+    from avdm.synthesize import synthesize
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config, overrides=overrides)
+    with pytest.raises(ConfigError) as caught:
+        {"synthesize": synthesize, "precompute": precompute}[config](cfg)
+    assert message in str(caught.value)
+
+
 # --- non-finite training ----------------------------------------------------------------------------
 
 
