@@ -36,8 +36,7 @@ demo-eval:  ## the README's results table: trains 3 students, compares them with
 
 FLOW_EVAL_DIR ?= outputs/demo_eval_flow
 demo-eval-flow: synvid-shapes  ## one table, both teachers: AVDM2 on each, AccVideo on the flow teacher (~35 min)
-	$(PYTHON) -m avdm.train +experiment=avdm2_shapes hydra.run.dir=$(FLOW_EVAL_DIR)/avdm2_animatediff \
-	  callbacks.checkpoint.every_n_train_steps=110   # last.ckpt then holds the final (220th) step
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes hydra.run.dir=$(FLOW_EVAL_DIR)/avdm2_animatediff
 	$(PYTHON) -m avdm.train +experiment=avdm2_shapes_flow hydra.run.dir=$(FLOW_EVAL_DIR)/avdm2_flow
 	$(PYTHON) -m avdm.train +experiment=accvideo_shapes data.root=$(SYNVID_SHAPES) \
 	  hydra.run.dir=$(FLOW_EVAL_DIR)/accvideo_flow
