@@ -221,7 +221,9 @@ def validate_command(
     accepted = {*scalars, *calls, *groups, "hydra"}
     unknown = [k for k in cfg if k not in accepted]
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown top-level key; accepted keys: {', '.join(sorted(accepted))}")
+        raise ConfigError(
+            f"{unknown[0]}: unknown top-level key; accepted keys: {', '.join(sorted(accepted))}"
+        )
     for name, annotation in scalars.items():
         if name in cfg and not OmegaConf.is_missing(cfg, name):
             check_value(name, name, cfg[name], annotation)

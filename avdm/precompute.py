@@ -23,8 +23,8 @@ def precompute(cfg: DictConfig) -> dict[str, Any]:
     """Build the teacher of ``cfg.model``, write (or complete) the cache at ``cfg.root``; return its index."""
     import torch
 
-    from avdm.data.latent_cache import skipped_counts, write_latent_cache
     from avdm.config import validate_command
+    from avdm.data.latent_cache import skipped_counts, write_latent_cache
     from avdm.data.openvid import OpenVidDataset
     from avdm.errors import AvdmUserError
 

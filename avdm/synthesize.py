@@ -28,9 +28,17 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
 
     validate_command(
         cfg,
-        scalars={"task_name": str, "seed": int, "prompts": str, "root": str, "shard_size": int,
-                 "batch_size": int, "dtype": Literal["float32", "bfloat16", "float16"], "device": str,
-                 "max_shards": int | None},  # fmt: skip
+        scalars={
+            "task_name": str,
+            "seed": int,
+            "prompts": str,
+            "root": str,
+            "shard_size": int,
+            "batch_size": int,
+            "dtype": Literal["float32", "bfloat16", "float16"],
+            "device": str,
+            "max_shards": int | None,
+        },  # fmt: skip
         calls={"sampler": SamplerSettings},
     )
 

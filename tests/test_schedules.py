@@ -101,3 +101,75 @@ def test_bad_schedule_arguments():
         DDPMSchedule(prediction_type="flow")
     with pytest.raises(ValueError, match="shift"):
         FlowMatchingSchedule(shift=0)
+
+
+# --- the full scheduler config -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"beta_schedule": "sigmoid", "beta_start": 0.0001, "beta_end": 0.02},
+        {"beta_schedule": "scaled_linear", "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"},
+        {"beta_schedule": "linear", "trained_betas": torch.linspace(1e-4, 0.03, 1000).tolist()},
+    ],
+    ids=["scaled_linear", "linear", "cosine", "sigmoid", "zero_snr_v", "trained_betas"],
+)
+def test_noise_levels_are_diffusers_own_for_every_setting(config):
+    """alpha_t^2 at every index is diffusers' alphas_cumprod for the same config, as a teacher was trained."""
+    schedule = DDPMSchedule.from_scheduler_config(config)
+    reference = DDPMScheduler.from_config(config).alphas_cumprod.float()
+    t = torch.arange(1000) / 999
+    torch.testing.assert_close(schedule.alpha(t) ** 2, reference, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(schedule.alpha(t) ** 2 + schedule.sigma(t) ** 2, torch.ones(1000))
+
+
+def test_zero_terminal_snr_is_honoured_with_v_and_refused_with_epsilon():
+    sd = {
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "prediction_type": "v_prediction",
+    }
+    zero = DDPMSchedule.from_scheduler_config({**sd, "rescale_betas_zero_snr": True})
+    plain = DDPMSchedule.from_scheduler_config(sd)
+    one = torch.ones(1)
+    assert float(zero.alpha(one)) == 0.0 and float(zero.snr(one)) == 0.0
+    assert float(plain.alpha(one) ** 2) == pytest.approx(0.0047, abs=2e-4), "what was silently used before"
+    x_t, v = torch.randn(2, 4), torch.randn(2, 4)
+    torch.testing.assert_close(zero.to_x0(v, x_t, one.expand(2)), -v), "x0 = alpha x_t - sigma v at t = 1"
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr=True with prediction_type='epsilon'"):
+        DDPMSchedule.from_scheduler_config({"rescale_betas_zero_snr": True})
+    with pytest.raises(ValueError, match="trained_betas: 3 values"):
+        DDPMSchedule.from_scheduler_config({"trained_betas": [0.1, 0.2, 0.3]})
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])
+def test_flow_shift_grid_is_diffusers_sigmas(shift):
+    """The shifted time grid equals the sigmas FlowMatchEulerDiscreteScheduler samples with."""
+    schedule = FlowMatchingSchedule.from_scheduler_config({"shift": shift})
+    reference = FlowMatchEulerDiscreteScheduler(shift=shift)
+    reference.set_timesteps(50)
+    # diffusers' unshifted grid runs from 1 to its sigma_min (itself the shift of 1/T), then shifts it.
+    u = torch.linspace(1.0, float(reference.sigma_min), 50)
+    torch.testing.assert_close(schedule.shift_t(u), reference.sigmas[:-1].float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "use_dynamic_shifting",
+        "shift_terminal",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "invert_sigmas",
+    ],
+)
+def test_flow_settings_avdm_cannot_honour_are_refused(key):
+    with pytest.raises(ValueError, match=f"the teacher's scheduler sets {key}="):
+        FlowMatchingSchedule.from_scheduler_config(
+            {"shift": 3.0, key: 0.5 if key == "shift_terminal" else True}
+        )

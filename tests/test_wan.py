@@ -17,7 +17,6 @@ from avdm.models.wan import (
     MaskedPromptEncoder,
     build_wan,
     latent_shape,
-    scheduler_shift,
     tiny_wan_vae,
     vae_factors,
 )
@@ -75,11 +74,13 @@ def test_latent_shape_follows_wan_vae_arithmetic():
 
 
 def test_shift_is_read_from_flow_scheduler_configs():
-    assert scheduler_shift({"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0}) == 3.0
-    assert scheduler_shift({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 7.0}) == 7.0
-    assert scheduler_shift({}) == 1.0
+    read = FlowMatchingSchedule.from_scheduler_config
+    assert read({"_class_name": "UniPCMultistepScheduler", "flow_shift": 3.0}).shift == 3.0
+    assert read({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 7.0}).shift == 7.0
+    assert read({}).shift == 1.0
     with pytest.raises(ValueError, match="dynamic"):
-        scheduler_shift({"shift": 1.0, "use_dynamic_shifting": True})
+        read({"shift": 1.0, "use_dynamic_shifting": True})
+    assert read({"use_dynamic_shifting": True}, shift=5.0).shift == 5.0, "model.shift overrides it"
 
 
 def test_masked_prompt_encoder_zeroes_padding_like_wan():

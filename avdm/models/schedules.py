@@ -17,11 +17,14 @@ Two families:
 from __future__ import annotations
 
 import abc
-import math
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from avdm.errors import ConfigError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "flow", "sample")
 T_DENSITIES = ("uniform", "logit_normal")
@@ -154,19 +157,34 @@ class NoiseSchedule(abc.ABC):
 
 
 class DDPMSchedule(NoiseSchedule):
-    """Discrete-time DDPM schedule, as diffusers' ``DDPMScheduler`` builds it.
+    """Discrete-time DDPM schedule: ``alpha_bar`` exactly as diffusers' ``DDPMScheduler`` builds it.
 
     Normalized time ``t`` maps to the integer index ``n = round(t (T - 1))``; ``alpha_t, sigma_t`` are
-    read at that index, so what the network sees and the noise level always agree.
+    read at that index, so what the network sees and the noise level always agree. The betas come from
+    diffusers itself (every ``beta_schedule``, ``trained_betas``, ``rescale_betas_zero_snr``), so a
+    teacher is distilled against the noise levels it was trained with, never a re-derivation of them.
 
     Args:
         beta_schedule: ``scaled_linear`` (SD1.5 image models), ``linear`` (AnimateDiff motion
-            modules) or ``squaredcos_cap_v2``.
+            modules), ``squaredcos_cap_v2`` or ``sigmoid``.
         beta_start, beta_end: the end points of the beta schedule.
         prediction_type: ``epsilon`` or ``v_prediction`` (also ``sample``).
+        trained_betas: explicit betas (``num_train_timesteps`` of them), overriding the schedule.
+        rescale_betas_zero_snr: rescale to zero terminal SNR (Lin et al. 2024): ``alpha_bar`` ends at 0.
+            Needs ``v_prediction`` or ``sample``: an epsilon prediction carries no ``x0`` at ``t = 1``.
     """
 
-    BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+    BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+    # Keys of a diffusers scheduler config that set the training noise levels (the rest only sampling).
+    CONFIG_KEYS = (
+        "beta_schedule",
+        "beta_start",
+        "beta_end",
+        "prediction_type",
+        "num_train_timesteps",
+        "trained_betas",
+        "rescale_betas_zero_snr",
+    )
 
     def __init__(
         self,
@@ -175,36 +193,50 @@ class DDPMSchedule(NoiseSchedule):
         beta_end: float = 0.012,
         prediction_type: str = "epsilon",
         num_train_timesteps: int = 1000,
+        trained_betas: Sequence[float] | None = None,
+        rescale_betas_zero_snr: bool = False,
     ) -> None:
+        from diffusers import DDPMScheduler
+
         super().__init__(prediction_type, num_train_timesteps)
         if prediction_type == "flow":
-            raise ValueError(
+            raise ConfigError(
                 "DDPMSchedule.prediction_type must be epsilon, v_prediction or sample, got 'flow'"
             )
-        T = num_train_timesteps
-        if beta_schedule == "linear":
-            betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
-        elif beta_schedule == "scaled_linear":
-            betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
-        elif beta_schedule == "squaredcos_cap_v2":
-            f = [math.cos((i / T + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(T + 1)]
-            betas = torch.tensor([min(1 - f[i + 1] / f[i], 0.999) for i in range(T)], dtype=torch.float64)
-        else:
-            raise ValueError(f"beta_schedule must be one of {self.BETA_SCHEDULES}, got {beta_schedule!r}")
+        if beta_schedule not in self.BETA_SCHEDULES and trained_betas is None:
+            raise ConfigError(f"beta_schedule must be one of {self.BETA_SCHEDULES}, got {beta_schedule!r}")
+        if trained_betas is not None and len(trained_betas) != num_train_timesteps:
+            raise ConfigError(
+                f"trained_betas: {len(trained_betas)} values for num_train_timesteps={num_train_timesteps}"
+            )
+        if rescale_betas_zero_snr and prediction_type == "epsilon":
+            raise ConfigError(
+                "rescale_betas_zero_snr=True with prediction_type='epsilon': at zero terminal SNR an epsilon "
+                "prediction gives no x0 at t=1; use a v_prediction teacher (as zero-SNR models are trained)"
+            )
+        reference = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule=beta_schedule,
+            trained_betas=None if trained_betas is None else list(trained_betas),
+            prediction_type=prediction_type,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
         self.beta_schedule = beta_schedule
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
+        self.alphas_cumprod = reference.alphas_cumprod.to(torch.float32)
 
     @classmethod
     def from_scheduler_config(cls, config: Any) -> DDPMSchedule:
-        """Build from a diffusers scheduler config (``scheduler.config`` of a pretrained pipeline)."""
+        """Build from a diffusers scheduler config (``scheduler.config`` of a pretrained pipeline): every key
+        that sets the training noise levels is honoured; sampler-only keys are the sampler's."""
+        from diffusers import DDPMScheduler
+
         get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
-        return cls(
-            beta_schedule=get("beta_schedule", "scaled_linear"),
-            beta_start=get("beta_start", 0.00085),
-            beta_end=get("beta_end", 0.012),
-            prediction_type=get("prediction_type", "epsilon"),
-            num_train_timesteps=get("num_train_timesteps", 1000),
-        )
+        given = {k: get(k) for k in cls.CONFIG_KEYS if get(k) is not None}
+        # Missing keys take diffusers' defaults, as the scheduler the teacher was trained with did.
+        defaults = inspect.signature(DDPMScheduler.__init__).parameters
+        return cls(**{k: given.get(k, defaults[k].default) for k in cls.CONFIG_KEYS})
 
     def index(self, t: Tensor) -> Tensor:
         """Integer timestep index ``n = round(t (T - 1))``, shape of ``t``."""
@@ -248,6 +280,36 @@ class FlowMatchingSchedule(NoiseSchedule):
         if shift <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
         self.shift = float(shift)
+
+    # Flow scheduler settings that would move the noise levels away from the plain shifted grid.
+    UNSUPPORTED = {
+        "use_dynamic_shifting": "dynamic (resolution-dependent) shifting; set model.shift to the shift "
+        "the teacher uses at this resolution",
+        "shift_terminal": "a stretched terminal sigma",
+        "use_karras_sigmas": "Karras sigmas",
+        "use_exponential_sigmas": "exponential sigmas",
+        "use_beta_sigmas": "beta sigmas",
+        "invert_sigmas": "inverted sigmas",
+    }
+
+    @classmethod
+    def from_scheduler_config(
+        cls, config: Mapping[str, Any], shift: float | None = None
+    ) -> FlowMatchingSchedule:
+        """Build from a diffusers flow scheduler config (``FlowMatchEulerDiscreteScheduler``: ``shift``;
+        ``UniPCMultistepScheduler``: ``flow_shift``); a setting this schedule cannot honour is refused
+        in one line instead of being ignored. ``shift``: an explicit override (``model.shift``)."""
+        for key, what in cls.UNSUPPORTED.items():
+            if config.get(key) and not (key == "use_dynamic_shifting" and shift is not None):
+                raise ConfigError(
+                    f"the teacher's scheduler sets {key}={config[key]} ({what}); avdm's flow schedule is the "
+                    "plain shifted one (sigma = s t / (1 + (s - 1) t))"
+                )
+        if shift is None:
+            shift = next(
+                (float(config[k]) for k in ("flow_shift", "shift") if config.get(k) is not None), 1.0
+            )
+        return cls(shift=shift, num_train_timesteps=int(config.get("num_train_timesteps", 1000)))
 
     def shift_t(self, u: Tensor) -> Tensor:
         s = self.shift

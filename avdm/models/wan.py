@@ -122,18 +122,6 @@ def vae_factors(vae: nn.Module) -> tuple[int, int]:
     return 1, 2 ** (len(cfg.block_out_channels) - 1)
 
 
-def scheduler_shift(scheduler_config: dict[str, Any]) -> float:
-    """The timestep shift of a flow scheduler config: ``shift`` (FlowMatchEuler) or ``flow_shift`` (UniPC)."""
-    if scheduler_config.get("use_dynamic_shifting"):
-        raise ValueError(
-            "the teacher's scheduler uses dynamic (resolution-dependent) shifting; set model.shift explicitly"
-        )
-    for key in ("flow_shift", "shift"):
-        if scheduler_config.get(key) is not None:
-            return float(scheduler_config[key])
-    return 1.0
-
-
 def latent_shape(
     channels: int,
     num_frames: int,
@@ -371,12 +359,14 @@ def build_wan(
             f"the transformer's text_dim={transformer.config.text_dim} must equal the text encoder's width "
             f"{text_width} (model.tiny.transformer.text_dim / model.tiny.text.hidden_size / model.encoders)"
         )
-    shift = scheduler_shift(loaded_scheduler) if shift is None else float(shift)
-    num_train_timesteps = int(loaded_scheduler.get("num_train_timesteps", 1000))
-    scheduler_config = dict(
-        FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift).config
+    schedule = FlowMatchingSchedule.from_scheduler_config(
+        loaded_scheduler, None if shift is None else float(shift)
     )
-    schedule = FlowMatchingSchedule(shift=shift, num_train_timesteps=num_train_timesteps)
+    scheduler_config = dict(
+        FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=schedule.num_train_timesteps, shift=schedule.shift
+        ).config
+    )
     video = VideoTransformerDenoiser(transformer, schedule, position)
     image = None
     if image_teacher == "shared":
