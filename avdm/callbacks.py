@@ -10,8 +10,9 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from torch import Tensor
 
+from avdm.loggers import log_samples
 from avdm.models.vae import decode_latents
-from avdm.visualize import video_grid, write_mp4
+from avdm.visualize import frames_sheet, video_grid, write_mp4
 
 DEFAULT_PROMPTS = (
     "a red ball moving left",
@@ -24,8 +25,8 @@ DEFAULT_PROMPTS = (
 class SampleVideos(L.Callback):
     """Every ``every_n_steps`` generator steps, sample fixed prompts from fixed noise and write an mp4 grid.
 
-    The grid goes to ``<output_dir>/samples/step_<N>.mp4`` and, where the logger has a video panel
-    (Weights & Biases ``log_video``, TensorBoard ``add_video``), to the logger too. When every prompt is a
+    The grid goes to ``<output_dir>/samples/step_<N>.mp4``, a PNG sheet of its frames beside it, and
+    both to the loggers that show pictures (:func:`avdm.loggers.log_samples`). When every prompt is a
     shapes caption the samples are also scored (:func:`shapes_sample_scores`: prompt accuracy and motion
     faithfulness read from the pixels), logged as ``samples/*`` and kept in ``scores`` by step.
 
@@ -69,17 +70,16 @@ class SampleVideos(L.Callback):
         if trainer.global_rank != 0:
             return
         grid = video_grid(pixels)
-        self.written.append(write_mp4(self.output_dir / "samples" / f"step_{step:06d}.mp4", grid, self.fps))
+        name = self.output_dir / "samples" / f"step_{step:06d}"
+        mp4 = write_mp4(name.with_suffix(".mp4"), grid, self.fps)
+        sheet = frames_sheet([("samples", pixels)], self.prompts, name.with_suffix(".png"))
+        self.written.append(mp4)
         scores = shapes_sample_scores(pixels, self.prompts)
         if scores:
             self.scores[step] = scores
             for logger in trainer.loggers:
                 logger.log_metrics({f"samples/{k}": v for k, v in scores.items()}, step=step)
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_video"):
-                logger.log_video("samples", [grid.permute(0, 3, 1, 2).numpy()], step=step, fps=[self.fps])
-            elif hasattr(getattr(logger, "experiment", None), "add_video"):
-                logger.experiment.add_video("samples", grid.permute(0, 3, 1, 2)[None], step, fps=self.fps)
+        log_samples(trainer.loggers, mp4, sheet, step, self.fps)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
         step = int(module.generator_steps)

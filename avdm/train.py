@@ -21,6 +21,7 @@ from avdm.checkpoint_io import AtomicCheckpointIO, check_fits, read_checkpoint
 from avdm.config import CONFIG_DIR, validate
 from avdm.errors import AvdmUserError
 from avdm.hydra_entry import hydra_command
+from avdm.loggers import build_loggers, log_config
 from avdm.stopping import EXIT_CODES, FinalCheckpoint
 
 __all__ = ["CONFIG_DIR", "build_losses", "build_module", "fit", "main"]
@@ -112,9 +113,12 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     callbacks.append(final)
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(IterationProgressBar())
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    loggers = build_loggers(cfg)
+    log_config(loggers, cfg)
     checkpoint_io = AtomicCheckpointIO(resumed_from)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[checkpoint_io])
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io]
+    )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except SIGTERMException:
