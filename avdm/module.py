@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from avdm.errors import AvdmUserError, ConfigError
 from avdm.losses.base import DistillationLoss, StepContext, TeacherBank
-from avdm.models.bundle import ModelBundle
+from avdm.models.bundle import DTYPES, ModelBundle
 from avdm.models.denoiser import freeze_, trainable_copy
 from avdm.models.execution import enable_gradient_checkpointing, to_channels_last
 from avdm.models.generator import FewStepGenerator, draw_simulation_step
@@ -131,6 +131,12 @@ class DistillationModule(L.LightningModule):
         self.needs_sample = any(plugin.needs_generator_sample for plugin in self.losses.values())
         for plugin in self.losses.values():
             plugin.bind(self.teachers)
+        # After every trainable copy is made (generator above, fake scores in bind): they keep float32.
+        self.teacher_dtype = models.teacher_dtype
+        if self.teacher_dtype != "float32":
+            for frozen in (self.teachers, self.prompt_encoder, self.vae):
+                if frozen is not None:
+                    frozen.to(DTYPES[self.teacher_dtype])
         if gradient_checkpointing:
             enable_gradient_checkpointing(self)
         if channels_last:

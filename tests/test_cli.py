@@ -79,7 +79,7 @@ def test_paper_experiment_carries_the_paper_settings():
         (["module.backward_simulation=3"], "module.backward_simulation=3: expected true or false"),
         (["seed=abc"], "seed='abc'"),
         (["data.num_samples=1.5"], "data.num_samples=1.5: expected an integer"),
-        (["+trainer.precision=17"], "trainer.precision=17"),
+        (["trainer.precision=17"], "trainer.precision=17"),
         # ranges and finiteness, before any model is built
         (["loss.sdm.weight=nan"], "loss.sdm.weight=nan: must be finite"),
         (["loss.gan.weight=inf"], "loss.gan.weight=inf: must be finite"),

@@ -180,6 +180,7 @@ def build_animatediff(
     num_frames: int = 16,
     resolution: int = 512,
     seed: int = 0,
+    teacher_dtype: str = "float32",
 ) -> ModelBundle:
     """Build the AnimateDiff teacher family.
 
@@ -195,6 +196,8 @@ def build_animatediff(
         video_schedule, image_schedule: overrides of the scheduler config per role (AnimateDiff's
             motion modules were trained with ``beta_schedule: linear``).
         num_frames, resolution: clip size in frames and pixels; sets the latent shape.
+        teacher_dtype: ``float32``, ``bfloat16`` or ``float16``: the frozen roles during distillation
+            (the trainable copies keep float32; :class:`~avdm.models.bundle.ModelBundle`).
     """
     if source not in ("pretrained", "tiny"):
         raise ValueError(f"model.source must be 'pretrained' or 'tiny', got {source!r}")
@@ -302,4 +305,6 @@ def build_animatediff(
     if resolution % scale:
         raise ValueError(f"model.resolution must be a multiple of the VAE factor {scale}, got {resolution}")
     latent_shape = (motion.config.in_channels, num_frames, resolution // scale, resolution // scale)
-    return ModelBundle(video, image, prompt_encoder, vae, scheduler_config, sources, latent_shape)
+    return ModelBundle(
+        video, image, prompt_encoder, vae, scheduler_config, sources, latent_shape, teacher_dtype
+    )

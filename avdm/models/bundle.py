@@ -57,6 +57,9 @@ class ModelBundle:
         vae: latent <-> pixel codec (``None`` when training from cached latents only).
         scheduler_config: the teacher's diffusers scheduler config, for reference sampling.
         sources: where each set of weights came from (hub id, local path or ``tiny``), for checkpoints.
+        teacher_dtype: dtype the *frozen* roles (teachers, text encoder, VAE) are kept in during
+            distillation (``model.teacher_dtype``); trainable copies are made before the cast and keep
+            float32 master weights.
     """
 
     video_teacher: Denoiser
@@ -66,6 +69,15 @@ class ModelBundle:
     scheduler_config: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)
     latent_shape: tuple[int, int, int, int] = (4, 16, 64, 64)  # (C, F, H, W) of one clip's latent
+    teacher_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.teacher_dtype not in DTYPES:
+            from avdm.errors import ConfigError
+
+            raise ConfigError(
+                f"model.teacher_dtype={self.teacher_dtype!r}: expected one of {', '.join(DTYPES)}"
+            )
 
 
 def load_pretrained(what: str, config_key: str, loader: Callable[..., T], source: str, **kwargs: Any) -> T:

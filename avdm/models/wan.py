@@ -304,6 +304,7 @@ def build_wan(
     encoders: str | None = None,
     position: Sequence[str] = (),
     image_teacher: str = "none",
+    teacher_dtype: str = "float32",
 ) -> ModelBundle:
     """Build a Wan-style flow-matching teacher family.
 
@@ -332,6 +333,8 @@ def build_wan(
             that many extra input channels.
         image_teacher: ``none`` or ``shared``: the same transformer on one-frame clips
             (:class:`~avdm.models.denoiser.FrameTransformerDenoiser`), the 2D teacher of AVDM2's frame SDM.
+        teacher_dtype: ``float32``, ``bfloat16`` or ``float16``: the frozen roles during distillation
+            (the trainable copies keep float32; :class:`~avdm.models.bundle.ModelBundle`).
 
     Returns:
         A :class:`ModelBundle` and a ``FlowMatchEulerDiscreteScheduler`` ``scheduler_config`` whose ``shift``
@@ -377,4 +380,4 @@ def build_wan(
     shape = latent_shape(
         transformer.config.out_channels, num_frames, resolution, vae, transformer.config.patch_size
     )
-    return ModelBundle(video, image, prompt_encoder, vae, scheduler_config, sources, shape)
+    return ModelBundle(video, image, prompt_encoder, vae, scheduler_config, sources, shape, teacher_dtype)
