@@ -173,20 +173,22 @@ COLUMNS = (  # (header, result key, format); None where a row has no value
     ("smooth", "motion_smoothness", ".3f"),
     ("persistent", "motion_persistence", ".3f"),
     ("temporal consistency", "temporal_consistency", ".3f"),
+    ("CLIPScore", "clip_score", ".2f"),  # only with --clip-path
 )
 
 
 def markdown(rows: list[dict[str, object]]) -> str:
     """The results table: one row per run, columns :data:`COLUMNS` (extractor names in the headers)."""
     names = {"shapes": rows[0]["fvd_shapes_extractor"], "fallback": rows[0]["fvd_extractor"]}
-    headers = [h.format(**names) for h, _, _ in COLUMNS]
-    head = "| run | " + " | ".join(headers) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
+    columns = [c for c in COLUMNS if c[1] != "clip_score" or any("clip_score" in r for r in rows)]
+    headers = [h.format(**names) for h, _, _ in columns]
+    head = "| run | " + " | ".join(headers) + " |\n|" + "---|" * (len(columns) + 1) + "\n"
 
     def cell(value: object, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
     lines = [
-        f"| {r['label']} | " + " | ".join(cell(r.get(key), fmt) for _, key, fmt in COLUMNS) + " |"
+        f"| {r['label']} | " + " | ".join(cell(r.get(key), fmt) for _, key, fmt in columns) + " |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -204,12 +206,14 @@ def compare(
     batch_size: int = 30,
     i3d_path: str | None = None,
     prompts: Sequence[str] | None = None,
+    clip_path: str | None = None,
 ) -> list[dict[str, object]]:
     """Generate and score every row; returns the rows (also written as ``out/results.{json,md}``).
 
     ``teachers``: model config names or AnimateDiff folders (:func:`load_teacher`); each gives two rows,
     its full sampler (``teacher_steps``, default: its reference sampler's) and ``few_steps``, both with
     CFG ``guidance``. ``prompts``: shapes captions to use instead of every caption ``per_caption`` times.
+    ``clip_path``: a local CLIP folder, to add the frame-mean CLIPScore column.
     """
     from avdm.data.shapes import VIDEO_DIR, write_shapes_dataset
     from avdm.evaluate import evaluate
@@ -232,7 +236,9 @@ def compare(
     for i, row in enumerate(rows):
         folder = out / f"row{i}"
         seconds = generate(row, prompts, folder, seed, batch_size)
-        scores = evaluate(folder, reference.parent / VIDEO_DIR, i3d_path, num_frames=8, resolution=32)
+        scores = evaluate(
+            folder, reference.parent / VIDEO_DIR, i3d_path, num_frames=8, resolution=32, clip_path=clip_path
+        )
         results.append({"label": row.label, "nfe": row.nfe, "seconds_per_video": seconds, **scores})
         print(
             f"{row.label}: FVD {scores['fvd_shapes']:.4g} (shapes) {scores['fvd']:.4g} (fallback), "
@@ -241,7 +247,9 @@ def compare(
         )
     # The dataset CSV holds the real clips' captions; evaluate() reads captions.csv beside the videos.
     shutil.copyfile(real, real.parent / VIDEO_DIR / "captions.csv")
-    scores = evaluate(real.parent / VIDEO_DIR, reference.parent / VIDEO_DIR, i3d_path, 8, 32)
+    scores = evaluate(
+        real.parent / VIDEO_DIR, reference.parent / VIDEO_DIR, i3d_path, 8, 32, clip_path=clip_path
+    )
     results.append({"label": "real clips (held out)", "nfe": None, "seconds_per_video": None, **scores})
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
@@ -300,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=30)
     parser.add_argument("--i3d-path", default=None, help="local I3D TorchScript file for the standard FVD")
+    parser.add_argument("--clip-path", default=None, help="local CLIP folder: adds the CLIPScore column")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"))
     args = parser.parse_args(argv)
     if args.per_caption < 1:
@@ -321,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         seed=args.seed,
         batch_size=args.batch_size,
         i3d_path=args.i3d_path,
+        clip_path=args.clip_path,
     )
     print(markdown(results))
     print(f"Results in {args.out / 'results.md'} and {args.out / 'results.json'}")

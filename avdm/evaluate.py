@@ -81,8 +81,10 @@ def evaluate(
     num_frames: int = 16,
     resolution: int = 64,
     seed: int = 0,
+    clip_path: str | None = None,
 ) -> dict[str, object]:
-    """All metrics for ``generated`` against ``reference`` (see the module docstring)."""
+    """All metrics for ``generated`` against ``reference`` (see the module docstring); ``clip_path``:
+    a local CLIP folder, to add the frame-mean CLIPScore against the captions."""
     from avdm.data.shapes import parse_caption
     from avdm.metrics import MotionFaithfulness, PromptAccuracy, build_fvd
 
@@ -104,6 +106,12 @@ def evaluate(
         "temporal_consistency_reference": temporal_consistency(real),
     }
     captions = captions_for(generated, names)
+    if clip_path is not None:
+        from avdm.metrics.clip_score import FrameCLIPScore
+
+        clip = FrameCLIPScore(clip_path)
+        clip.update(fake, captions)
+        result["clip_score"] = float(clip.compute())
     try:
         for text in captions:
             parse_caption(text)
@@ -145,14 +153,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="seed of the fallback extractor")
+    parser.add_argument("--clip-path", default=None, help="local CLIP folder: adds the frame-mean CLIPScore")
     parser.add_argument("--out", type=Path, default=Path("eval"))
     args = parser.parse_args(argv)
     for folder, flag in ((args.generated, "--generated"), (args.reference, "--reference")):
         if not folder.is_dir():
             raise AvdmUserError(f"{flag} '{folder}' is not a folder")
     result = evaluate(
-        args.generated, args.reference, args.i3d_path, args.num_frames, args.resolution, args.seed
-    )
+        args.generated, args.reference, args.i3d_path, args.num_frames, args.resolution, args.seed,
+        args.clip_path,
+    )  # fmt: skip
     json_path, md_path = write_report(result, args.out)
     print(f"FVD ({result['fvd_extractor']}) {result['fvd']:.4g}; results in {json_path} and {md_path}")
     return result
