@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,12 @@ def student_scheduler(generator: FewStepGenerator) -> tuple[SchedulerMixin, dict
     return scheduler, call
 
 
-def _readme(ladder: list[int], call: dict[str, Any], scheduler: str, guidance_note: str) -> str:
+def _readme(
+    ladder: list[int], call: dict[str, Any], scheduler: str, guidance_note: str, info: dict[str, Any]
+) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in call.items())
+    c, f, h, w = info["latent_shape"]
+    height, width = info["resolution"]
     pipe_ok = "num_inference_steps" in call
     pipeline = (
         f"""```python
@@ -139,7 +144,8 @@ import torch
 from diffusers import AnimateDiffPipeline
 
 pipe = AnimateDiffPipeline.from_pretrained("THIS_FOLDER")
-video = pipe("a red circle moving left", num_inference_steps={len(ladder)}, guidance_scale=1.0,
+video = pipe("a red circle moving left", num_frames={f}, height={height}, width={width},
+             num_inference_steps={len(ladder)}, guidance_scale=1.0,
              generator=torch.Generator().manual_seed(0)).frames[0]
 ```
 """
@@ -168,7 +174,7 @@ text_encoder = CLIPTextModel.from_pretrained("THIS_FOLDER", subfolder="text_enco
 ids = tokenizer(["a red circle moving left"], padding="max_length",
                 max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
 g = torch.Generator().manual_seed(0)
-x = torch.randn(1, 4, 16, 64, 64, generator=g)      # (B, C, F, H/8, W/8)
+x = torch.randn(1, {c}, {f}, {h}, {w}, generator=g)      # (B, C, F, H / {height // h}, W / {width // w})
 text = text_encoder(ids)[0].repeat_interleave(x.shape[2], dim=0)   # one copy per frame: (B * F, L, D)
 scheduler.set_timesteps({args})
 for t in scheduler.timesteps:
@@ -202,13 +208,79 @@ def write_pipeline(
     return out
 
 
+def vae_factors(vae: Any) -> tuple[int, int]:
+    """(time, space) downsampling of a VAE: AutoencoderKL (1, 2^(levels - 1)); Wan's video VAE too."""
+    cfg = vae.config
+    if hasattr(cfg, "temperal_downsample"):
+        return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
+    return 1, 2 ** (len(cfg.block_out_channels) - 1)
+
+
+def pixel_frames(module: DistillationModule) -> int:
+    """Frames of the student's videos: latent frames through the VAE's time factor (Wan: 1 + 4 k)."""
+    time, _ = vae_factors(module.vae)
+    f = module.latent_shape[1]
+    return f if time == 1 else 1 + (f - 1) * time
+
+
+def pixel_size(module: DistillationModule) -> list[int]:
+    """``[height, width]`` in pixels of the student's videos."""
+    _, space = vae_factors(module.vae)
+    return [module.latent_shape[2] * space, module.latent_shape[3] * space]
+
+
+def portable_source(source: str, out: Path) -> str:
+    """A teacher source as it means something beside the export: a hub id as it is, a weight folder
+    shipped with avdm as ``avdm-asset:NAME``, another local path relative to the export folder."""
+    from avdm.config import ASSETS_DIR
+
+    path = Path(source).expanduser()
+    if not path.is_absolute() and not path.exists():
+        return source  # a hub id ("owner/name") or a description ("tiny (random init, seed 0)")
+    path = path.resolve()
+    try:
+        return f"avdm-asset:{path.relative_to(ASSETS_DIR.resolve()).as_posix()}"
+    except ValueError:
+        return os.path.relpath(path, out.resolve())
+
+
+def write_model_card(out: Path, body: str, info: dict[str, Any]) -> Path:
+    """``README.md``: a Hub model card (front matter by huggingface_hub's card data, tags by diffusers'
+    ``populate_model_card``) stating what the student was trained on, then the loading examples."""
+    from diffusers.utils.hub_utils import populate_model_card
+    from huggingface_hub import ModelCard, ModelCardData
+
+    written = json.loads((out / "avdm_export.json").read_text())  # its sources are the portable ones
+    sources = written.get("teacher_sources", {})
+    hub_ids = [v for v in sources.values() if v.count("/") == 1 and not v.startswith((".", "avdm-asset:"))]
+    data = ModelCardData(
+        library_name="diffusers", pipeline_tag="text-to-video", base_model=hub_ids[0] if hub_ids else None
+    )
+    height, width = info["resolution"]
+    trained = (
+        f"Trained by avdm for {info['generator_steps']} generator steps on {info['num_frames']}-frame clips "
+        f"of {height}x{width} pixels (latents {tuple(info['latent_shape'])}); samples in "
+        f"{len(info['ladder'])} steps without classifier-free guidance. Teacher: "
+        + ", ".join(f"{k} `{v}`" for k, v in sources.items())
+        + ". The examples below use exactly these sizes; other sizes were never trained.\n\n"
+    )
+    title, _, rest = body.partition("\n")
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{title}\n\n{trained}{rest.lstrip()}")
+    card = populate_model_card(card, tags=["avdm", "text-to-video", "distillation", "few-step"])
+    card.save(out / "README.md")
+    return out / "README.md"
+
+
 def _finish_export(out: Path, prompt_encoder: PromptEncoder, info: dict[str, Any]) -> None:
-    """Pin the saved tokenizer's length to avdm's and write ``avdm_export.json``."""
+    """Pin the saved tokenizer's length to avdm's and write ``avdm_export.json`` (sources portable)."""
     # avdm pads prompts to PromptEncoder.max_length; plain diffusers pads to tokenizer.model_max_length.
     tok_cfg_path = out / "tokenizer" / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text())
     tok_cfg["model_max_length"] = prompt_encoder.max_length
     tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+    for key in ("teacher_sources", "sources"):
+        if key in info:
+            info = {**info, key: {k: portable_source(str(v), out) for k, v in info[key].items()}}
     (out / "avdm_export.json").write_text(
         json.dumps({"avdm_version": avdm_version(), **info}, indent=2) + "\n"
     )
@@ -296,10 +368,12 @@ def export_student(module: DistillationModule, out_dir: str | Path, use_ema: boo
         "latent_shape": list(module.latent_shape),
         "teacher_sources": dict(module.sources),
         "generator_steps": int(module.generator_steps),
+        "num_frames": pixel_frames(module),
+        "resolution": pixel_size(module),
     }
     write_pipeline(out, generator.denoiser.model, module.vae, module.prompt_encoder, scheduler, info)
     note = "The student samples without classifier-free guidance: use `guidance_scale=1.0`."
-    (out / "README.md").write_text(_readme(ladder, call, name, note))
+    write_model_card(out, _readme(ladder, call, name, note, info), info)
     return out
 
 
@@ -350,10 +424,12 @@ def export_flow_student(module: DistillationModule, out_dir: str | Path, use_ema
         "latent_shape": list(module.latent_shape),
         "teacher_sources": dict(module.sources),
         "generator_steps": int(module.generator_steps),
+        "num_frames": pixel_frames(module),
+        "resolution": pixel_size(module),
     }
     write_flow_folder(out, denoiser.model, module.prompt_encoder, scheduler, info, module.vae)
     text_class = type(module.prompt_encoder.text_encoder).__name__
-    (out / "README.md").write_text(_flow_readme(info, type(module.vae).__name__, text_class))
+    write_model_card(out, _flow_readme(info, type(module.vae).__name__, text_class), info)
     return out
 
 

@@ -306,3 +306,30 @@ def test_plain_diffusers_reproduces_a_flow_student(tmp_path, renoise):
     text = module.prompt_encoder(PROMPTS)
     ours = module.generator.sample(z, text, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(plain["loop"], ours, atol=ATOL, rtol=0)
+
+
+def test_export_has_a_model_card_with_the_trained_sizes_and_portable_sources(tiny_bundle, tmp_path):
+    """The card's pipeline example, run in plain diffusers, gives the frames and size the student
+    was trained on; nothing in the folder records the exporting machine's absolute paths."""
+    from avdm.export import export_student
+
+    module = _student(tiny_bundle)
+    folder = export_student(module, tmp_path / "student")
+    card = (folder / "README.md").read_text()
+    info = json.loads((folder / "avdm_export.json").read_text())
+    c, f, h, w = module.latent_shape
+    height, width = info["resolution"]
+    assert card.startswith("---\n") and "library_name: diffusers" in card and "- avdm" in card
+    assert f"on {f}-frame clips of {height}x{width} pixels" in card and info["num_frames"] == f
+    assert f"num_frames={f}, height={height}, width={width}" in card
+    assert f"torch.randn(1, {c}, {f}, {h}, {w}, generator=g)" in card
+    for text in (card, (folder / "avdm_export.json").read_text()):
+        assert str(tmp_path) not in text and "/root/" not in text and "/home/" not in text
+
+    example = card.split("## With the pipeline", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    script = example.replace('"THIS_FOLDER"', "sys.argv[1]") + (
+        "\nimport numpy as np\nframes = np.stack([np.asarray(im) for im in video])\n"
+        "torch.save({'shape': list(frames.shape)}, sys.argv[3])\n"
+    )
+    out = _run_without_avdm("import sys\n" + script, folder, {}, tmp_path)
+    assert out["shape"] == [f, height, width, 3]
