@@ -16,6 +16,7 @@ BENCHMARKS = (
     "benchmarks.bench_overhead",
     "benchmarks.bench_switches",
     "benchmarks.bench_inference",
+    "benchmarks.bench_precision",
 )
 
 
