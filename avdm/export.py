@@ -420,6 +420,14 @@ def export_flow_student(module: DistillationModule, out_dir: str | Path, use_ema
         "set_timesteps": call,
         "guidance_scale": 1.0,
         "position_channels": position,
+        # Said where a user looks, instead of a model_index.json that would load and then sample wrong.
+        "diffusers_pipeline": None,
+        "why_no_pipeline": (
+            "WanPipeline calls scheduler.set_timesteps(num_inference_steps) only, which cannot give this "
+            "student's sigma ladder"
+            + (", and it feeds no coordinate channels" if position else "")
+            + "; sample with the component loop of README.md"
+        ),
         "weights": "ema" if use_ema and module.generator_ema is not None else "generator",
         "latent_shape": list(module.latent_shape),
         "teacher_sources": dict(module.sources),
@@ -451,6 +459,8 @@ def _flow_readme(info: dict[str, Any], vae_class: str, text_class: str) -> str:
         "  # UMT5 (Wan): pass attention_mask, zero the padded positions" if "UMT5" in text_class else ""
     )
     return f"""# Few-step flow video student exported by avdm
+
+No `model_index.json`: {info["why_no_pipeline"]}.
 
 Ladder (times t = sigma, noise to data): {info["set_timesteps"]["sigmas"]} ({info["renoise"]} re-noising
 between steps). Sample without classifier-free guidance. The transformer takes {len(axes)} coordinate

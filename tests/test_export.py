@@ -295,9 +295,10 @@ def test_plain_diffusers_reproduces_a_flow_student(tmp_path, renoise):
     info = json.loads((folder / "avdm_export.json").read_text())
     assert info["family"] == "flow" and info["position_channels"] == ["frame", "y", "x"]
     assert info["set_timesteps"] == {"sigmas": [1.0, 0.75, 0.5, 0.25]}
-    assert (
-        not (folder / "model_index.json").exists() and "linspace(-1, 1" in (folder / "README.md").read_text()
-    )
+    card = (folder / "README.md").read_text()
+    assert not (folder / "model_index.json").exists() and "linspace(-1, 1" in card
+    assert info["diffusers_pipeline"] is None and "WanPipeline calls scheduler.set_timesteps" in card
+    assert card.startswith("---\n") and "on 4-frame clips" in card
 
     seed = 3
     z = torch.randn((len(PROMPTS), *module.latent_shape), generator=torch.Generator().manual_seed(11))
