@@ -133,7 +133,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         metrics["stopped_by"] = final.stopped_by  # type: ignore[assignment]
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        log.info("Outputs in %s (checkpoints/, csv/metrics.csv, metrics.json)", out)
+        logs = ", ".join(f"{name}/" for name, node in (cfg.get("logger") or {}).items() if node is not None)
+        log.info("Outputs in %s (checkpoints/, metrics.json%s)", out, f", {logs}" if logs else "")
     if final.stopped_by:
         saved = final.saved or checkpoint_io.last_good
         where = f"saved {saved}" if saved else "no checkpoint was written"
