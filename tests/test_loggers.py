@@ -19,7 +19,6 @@ def _cfg(out: Path, *overrides: str):
             "train",
             overrides=[
                 f"paths.output_dir={out}",
-                "+experiment=avdm2_tiny",
                 "trainer.max_steps=2",
                 "trainer.enable_progress_bar=false",
                 "callbacks.samples.every_n_steps=0",
@@ -30,16 +29,16 @@ def _cfg(out: Path, *overrides: str):
 
 
 def test_a_two_step_run_with_csv_and_tensorboard_logs_scalars_config_and_samples(tmp_path):
-    fit(_cfg(tmp_path, "logger=[csv,tensorboard]", "module.critic_lr=3.0e-5"))
+    fit(_cfg(tmp_path, "logger=[csv,tensorboard]", "module.critic_lr=3.0e-5", "loss.denoising.t_min=0.1"))
     events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     assert events, "TensorBoard wrote an event file"
     acc = event_accumulator.EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert {"gen/loss", "gen/sdm/loss", "critic/gan/loss", "lr/generator"} <= scalars
+    assert {"gen/loss", "gen/denoising/loss", "lr/generator", "step/generator"} <= scalars
     assert acc.Tags()["images"] == ["samples"], "the sample frames, from the PNG beside the mp4"
     raw = b"".join(p.read_bytes() for p in events)
-    assert b"module/critic_lr" in raw and b"loss/sdm/t_min" in raw, "the composed config as hyperparameters"
+    assert b"module/critic_lr" in raw and b"loss/denoising/t_min" in raw, "the config as hyperparameters"
     hparams = (tmp_path / "csv" / "hparams.yaml").read_text()
     assert "critic_lr: 3.0e-05" in hparams, "the CSV logger gets the same config"
     assert (tmp_path / "samples" / "step_000002.png").is_file()
