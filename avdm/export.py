@@ -41,6 +41,7 @@ from avdm.errors import AvdmUserError, report_user_errors
 from avdm.models.bundle import PromptEncoder
 from avdm.models.generator import FewStepGenerator
 from avdm.models.schedules import DDPMSchedule, FlowMatchingSchedule
+from avdm.models.wan import vae_factors
 from avdm.module import DistillationModule
 
 # c_skip = 0.25 / ((s t)^2 + 0.25): with s = 1e4 it is < 3e-9 for every t >= 1 and c_out == 1 in float32.
@@ -206,14 +207,6 @@ def write_pipeline(
     pipe.save_pretrained(out, safe_serialization=True)
     _finish_export(out, prompt_encoder, info)
     return out
-
-
-def vae_factors(vae: Any) -> tuple[int, int]:
-    """(time, space) downsampling of a VAE: AutoencoderKL (1, 2^(levels - 1)); Wan's video VAE too."""
-    cfg = vae.config
-    if hasattr(cfg, "temperal_downsample"):
-        return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
-    return 1, 2 ** (len(cfg.block_out_channels) - 1)
 
 
 def pixel_frames(module: DistillationModule) -> int:
