@@ -38,7 +38,8 @@ def find_user_error(err: BaseException | None) -> AvdmUserError | None:
 
 def construction_error(err: BaseException) -> str | None:
     """One line for a value a constructor refused while Hydra built it (``instantiate`` wraps the
-    ``ValueError`` / ``TypeError`` in an ``InstantiationException`` that names the config key)."""
+    ``ValueError`` / ``TypeError`` / ``ImportError`` / Lightning ``MisconfigurationException`` in an
+    ``InstantiationException`` that names the config key)."""
     from hydra.errors import InstantiationException
 
     if not isinstance(err, InstantiationException):
@@ -46,7 +47,10 @@ def construction_error(err: BaseException) -> str | None:
     cause = err.__cause__ or err.__context__
     while isinstance(cause, InstantiationException):
         cause = cause.__cause__ or cause.__context__
-    if not isinstance(cause, (ValueError, TypeError)):
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    # What a constructor raises about its arguments (Lightning: an accelerator or package not there).
+    if not isinstance(cause, (ValueError, TypeError, ImportError, MisconfigurationException)):
         return None
     found = re.search(r"full_key: (\S+)", str(err))
     detail = " ".join(str(cause).split())

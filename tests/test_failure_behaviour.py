@@ -88,6 +88,7 @@ def test_bad_command_lines_end_in_one_line_and_exit_2(tmp_path):
             ["hydra.run.dir=a_file/run"],
             "hydra.run.dir=a_file/run: cannot create the run folder",
         ),
+        "accelerator not there": (["trainer.accelerator=tpu"], "avdm: error: trainer: "),
     }
     runs = {
         name: _popen("avdm.train", "hydra.run.dir=run", *args, "trainer.max_steps=1", cwd=tmp_path)
