@@ -162,3 +162,13 @@ def check_fits(checkpoint: Mapping[str, Any], expected: Mapping[str, torch.Tenso
                 f"checkpoint {path} does not fit the model of this config: {key} has shape "
                 f"{list(value.shape)}, the model {list(tensor.shape)}"
             )
+
+
+def read_fitting_checkpoint(module: Any, path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """:func:`read_checkpoint`, then the module's own ``on_load_checkpoint`` (avdm's modules put their
+    frozen weights back, as checkpoints hold trainable weights only) and :func:`check_fits` against it."""
+    checkpoint = read_checkpoint(path, mmap=mmap)
+    if hasattr(module, "on_load_checkpoint"):
+        module.on_load_checkpoint(checkpoint)
+    check_fits(checkpoint, module.state_dict(), path)
+    return checkpoint

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import avdm.config  # noqa: F401  (registers ${avdm_asset:...} used by configs of shipped weights)
-from avdm.checkpoint_io import CheckpointError, check_fits, read_checkpoint
+from avdm.checkpoint_io import CheckpointError, read_fitting_checkpoint
 from avdm.models.bundle import ModelBundle
 from avdm.module import DistillationModule
 
@@ -72,9 +72,7 @@ def load_checkpoint_into(module: DistillationModule, ckpt_path: str | Path) -> d
     The frozen teacher weights come from ``module`` itself (``on_load_checkpoint``), then every key
     must match (``strict=True``).
     """
-    checkpoint = read_checkpoint(ckpt_path)
-    module.on_load_checkpoint(checkpoint)
-    check_fits(checkpoint, module.state_dict(), ckpt_path)
+    checkpoint = read_fitting_checkpoint(module, ckpt_path)
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     return checkpoint
 

@@ -8,39 +8,24 @@ so each script here runs ``main`` and returns 0 (``data.check`` returns its own 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 
-def _run(module: str) -> int:
-    importlib.import_module(module).main()
-    return 0
+def _command(module: str) -> Callable[[], int]:
+    def run() -> int:
+        importlib.import_module(module).main()
+        return 0
+
+    return run
 
 
-def train() -> int:
-    return _run("avdm.train")
-
-
-def synthesize() -> int:
-    return _run("avdm.synthesize")
-
-
-def precompute() -> int:
-    return _run("avdm.precompute")
-
-
-def sample() -> int:
-    return _run("avdm.sample")
-
-
-def export() -> int:
-    return _run("avdm.export")
-
-
-def evaluate() -> int:
-    return _run("avdm.evaluate")
-
-
-def compare() -> int:
-    return _run("avdm.compare")
+train = _command("avdm.train")
+synthesize = _command("avdm.synthesize")
+precompute = _command("avdm.precompute")
+sample = _command("avdm.sample")
+export = _command("avdm.export")
+evaluate = _command("avdm.evaluate")
+compare = _command("avdm.compare")
 
 
 def data_check() -> int:

@@ -122,11 +122,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` on the first invalid key of a composed training config."""
     from avdm.losses.base import DistillationLoss
 
-    unknown = [k for k in cfg if k not in TOP_LEVEL_KEYS]
-    if unknown:
-        raise ConfigError(
-            f"{unknown[0]}: unknown top-level key; accepted keys: {', '.join(sorted(TOP_LEVEL_KEYS))}"
-        )
+    _refuse_unknown_top_level(cfg, TOP_LEVEL_KEYS)
     check_value("seed", "seed", cfg.get("seed", 0), int)
     check_value("task_name", "task_name", cfg.get("task_name", ""), str)
     check_value("ckpt_path", "ckpt_path", cfg.get("ckpt_path"), str | None)
@@ -163,6 +159,13 @@ def validate(cfg: DictConfig) -> None:
     _check_ladder(module_values.get("generator_timesteps"))
     for i, group in enumerate(module_values.get("generator_param_groups") or []):
         _check_param_group(group, f"module.generator_param_groups[{i}]")
+
+
+def _refuse_unknown_top_level(cfg: DictConfig, accepted: frozenset[str] | set[str]) -> None:
+    unknown = [k for k in cfg if k not in accepted]
+    if unknown:
+        names = ", ".join(sorted(accepted))
+        raise ConfigError(f"{unknown[0]}: unknown top-level key; accepted keys: {names}")
 
 
 # The keys of conf/train.yaml and its config groups; anything else at the top is a typo.
@@ -218,12 +221,7 @@ def validate_command(
     config: ``scalars`` maps top-level keys to their types, ``calls`` top-level nodes to the callable
     their keys go to, ``groups`` are config groups of ``_target_`` nodes. Values still ``???`` are left
     to the tool, which names what to set."""
-    accepted = {*scalars, *calls, *groups, "hydra"}
-    unknown = [k for k in cfg if k not in accepted]
-    if unknown:
-        raise ConfigError(
-            f"{unknown[0]}: unknown top-level key; accepted keys: {', '.join(sorted(accepted))}"
-        )
+    _refuse_unknown_top_level(cfg, {*scalars, *calls, *groups, "hydra"})
     for name, annotation in scalars.items():
         if name in cfg and not OmegaConf.is_missing(cfg, name):
             check_value(name, name, cfg[name], annotation)

@@ -72,11 +72,7 @@ def precompute(cfg: DictConfig) -> dict[str, Any]:
     return index
 
 
-def run(cfg: DictConfig) -> None:
-    precompute(cfg)
-
-
-main = hydra_command(run, "precompute")
+main = hydra_command(precompute, "precompute")
 
 
 if __name__ == "__main__":

@@ -70,11 +70,7 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     return index
 
 
-def run(cfg: DictConfig) -> None:
-    synthesize(cfg)
-
-
-main = hydra_command(run, "synthesize")
+main = hydra_command(synthesize, "synthesize")
 
 
 if __name__ == "__main__":

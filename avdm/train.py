@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from avdm.checkpoint_io import AtomicCheckpointIO, check_fits, read_checkpoint
+from avdm.checkpoint_io import AtomicCheckpointIO, read_fitting_checkpoint
 from avdm.config import CONFIG_DIR, validate
 from avdm.errors import AvdmUserError
 from avdm.hydra_entry import hydra_command
@@ -78,11 +78,7 @@ def check_resume_checkpoint(module: L.LightningModule, ckpt_path: str | None, ou
         path = output_dir / "checkpoints" / "last.ckpt"
         if not path.is_file():
             return None
-    checkpoint = read_checkpoint(path, mmap=True)
-    state = dict(checkpoint["state_dict"])
-    if hasattr(module, "on_load_checkpoint"):
-        module.on_load_checkpoint({**checkpoint, "state_dict": state})
-    check_fits({"state_dict": state}, module.state_dict(), path)
+    read_fitting_checkpoint(module, path, mmap=True)  # Lightning reads it again to resume
     return str(path)
 
 
@@ -145,11 +141,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def run(cfg: DictConfig) -> None:
-    fit(cfg)
-
-
-main = hydra_command(run, "train")
+main = hydra_command(fit, "train")
 
 
 if __name__ == "__main__":
