@@ -184,13 +184,51 @@ def check_value(key: str, name: str, value: Any, annotation: Any = Any) -> None:
         raise bad_value(key, value, f"expected {rule.describe()}")
 
 
+def _forwarding_chain(target: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """The ``__init__`` functions a call of ``target`` reaches by name: its own and, while an avdm class's
+    ``__init__`` takes ``**kwargs``, those of the avdm bases it forwards them to (``super().__init__``)."""
+    if not inspect.isclass(target):
+        return [target]
+    chain = []
+    for cls in target.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        if chain and not cls.__module__.startswith("avdm."):
+            break
+        chain.append(vars(cls)["__init__"])
+        takes_more = any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls).parameters.values()
+        )
+        if not (takes_more and cls.__module__.startswith("avdm.")):
+            break
+    return chain or [target.__init__]  # type: ignore[misc]
+
+
+def call_parameters(target: Callable[..., Any]) -> tuple[list[str], bool]:
+    """The parameter names a call of ``target`` accepts (``**kwargs`` of avdm classes followed to their
+    bases) and whether it still accepts any other name (a ``**kwargs`` that reaches outside avdm)."""
+    names: list[str] = []
+    open_ended = False
+    for function in _forwarding_chain(target):
+        open_ended = False
+        for name, param in inspect.signature(function).parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                open_ended = True
+            elif param.kind is not inspect.Parameter.VAR_POSITIONAL and name != "self" and name not in names:
+                names.append(name)
+    return names, open_ended
+
+
 def signature_hints(target: Callable[..., Any]) -> dict[str, Any]:
-    """The evaluated type hints of ``target``'s parameters (a class: its ``__init__``); {} if unknown."""
-    function = target.__init__ if inspect.isclass(target) else target  # type: ignore[misc]
-    try:
-        return typing.get_type_hints(function)
-    except Exception:  # hints naming TYPE_CHECKING-only imports cannot be evaluated: no type checks
-        return {}
+    """The evaluated type hints of ``target``'s parameters (a class: its ``__init__`` and the avdm bases its
+    ``**kwargs`` reach); {} if unknown."""
+    hints: dict[str, Any] = {}
+    for function in reversed(_forwarding_chain(target)):
+        try:
+            hints.update(typing.get_type_hints(function))
+        except Exception:  # hints naming TYPE_CHECKING-only imports cannot be evaluated: no type checks
+            pass
+    return hints
 
 
 def check_arguments(values: dict[str, Any], key: str, target: Callable[..., Any]) -> None:

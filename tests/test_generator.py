@@ -8,8 +8,9 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from avdm.models.denoiser import Denoiser
 from avdm.models.generator import FewStepGenerator, draw_simulation_step
+from avdm.models.sampler_steps import classifier_free_guidance, guided_prediction
+from avdm.models.sampling import sample_teacher
 from avdm.models.schedules import DDPMSchedule, FlowMatchingSchedule, NoiseSchedule
-from avdm.models.teacher_sampling import classifier_free_guidance, guided_prediction, sample_teacher
 
 
 class PointMassDenoiser(Denoiser):

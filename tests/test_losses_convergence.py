@@ -159,7 +159,7 @@ def test_sdm_covers_every_mode_of_a_gaussian_mixture() -> None:
     schedule = DDPMSchedule()
     teacher = freeze_(PointDenoiser(GMMEps(means, std, schedule), schedule))
     teachers = TeacherBank(teacher)
-    plugin = VideoSDMLoss(t_min=0.02, t_max=0.98)
+    plugin = VideoSDMLoss(t_min=0.02, t_max=0.98, reduction="sum")
     plugin.bind(teachers)
     generator = mlp(2, 2, depth=3)
     steps, batch, critic_steps = 1500, 256, 2

@@ -11,19 +11,18 @@ from torch import Tensor, nn
 
 from avdm.losses import FrameSDMLoss, StepContext, TeacherBank, TrajectoryRegressionLoss, VideoSDMLoss
 from avdm.losses.functional import (
-    deterministic_step,
     gan_critic_loss,
     gan_generator_loss,
     regression_distance,
     sdm_gradient,
     sdm_surrogate,
 )
-from avdm.losses.gan import default_feature_layers
 from avdm.models.denoiser import Denoiser, freeze_
+from avdm.models.feature_discriminator import default_feature_layers
 from avdm.models.generator import FewStepGenerator
 from avdm.models.heads import MultiScaleDiscriminatorHead
+from avdm.models.sampler_steps import classifier_free_guidance, deterministic_step
 from avdm.models.schedules import DDPMSchedule, FlowMatchingSchedule, NoiseSchedule
-from avdm.models.teacher_sampling import classifier_free_guidance
 
 SCHEDULES = {
     "ddpm_eps": lambda: DDPMSchedule(prediction_type="epsilon"),
@@ -119,7 +118,12 @@ def _sdm_setup(cls: type, guidance_scale: float, convention: str, **kwargs: obje
     teacher = freeze_(AffineDenoiser(AffineNet(4, seed=0), schedule))
     teachers = TeacherBank(teacher, teacher)
     plugin = cls(
-        guidance_scale=guidance_scale, guidance_convention=convention, t_min=0.1, t_max=0.9, **kwargs
+        guidance_scale=guidance_scale,
+        guidance_convention=convention,
+        t_min=0.1,
+        t_max=0.9,
+        reduction="sum",  # eq. 8 per element: the gradient reaching x0 is exactly w (eps_real - eps_fake)
+        **kwargs,
     )
     plugin.bind(teachers)
     with torch.no_grad():  # move the fake score away from the teacher so that eq. 8 is not zero

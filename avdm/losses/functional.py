@@ -8,7 +8,6 @@ from torch import Tensor
 
 from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser
-from avdm.models.schedules import NoiseSchedule
 
 WEIGHTINGS = ("uniform", "min_snr", "truncated_snr")
 
@@ -156,18 +155,6 @@ def gan_critic_loss(logits_real: Tensor, logits_fake: Tensor, kind: str = "non_s
 
 # --- trajectory regression (AccVideo) --------------------------------------------------------------
 DISTANCES = ("mse", "pseudo_huber")
-
-
-def deterministic_step(
-    schedule: NoiseSchedule, pred: Tensor, x_t: Tensor, t: Tensor, t_next: Tensor
-) -> Tensor:
-    """DDIM (eta = 0) / Euler step from ``t`` to ``t_next`` given a raw prediction at ``(x_t, t)``.
-
-    ``x_{t'} = alpha_{t'} x0_hat + sigma_{t'} eps_hat``; for flow matching this is the Euler step
-    ``x_t + (t' - t) v``. ``pred, x_t: (B, ...)``, ``t, t_next: (B,)``.
-    """
-    x0_hat, eps_hat = schedule.to_x0(pred, x_t, t), schedule.to_eps(pred, x_t, t)
-    return schedule.add_noise(x0_hat, eps_hat, t_next)
 
 
 def regression_distance(x: Tensor, y: Tensor, distance: str = "mse", huber_c: float = 1e-3) -> Tensor:

@@ -3,13 +3,16 @@ the frozen video teacher's encoder plus a trainable :class:`~avdm.models.heads.M
 
 :class:`FeatureGANLoss` holds what every teacher-feature discriminator needs (layer choice, head
 construction in ``bind``, the batched real/fake pass); :class:`DenoisingGANLoss` adds AVDM2's inputs
-(forward-noised real clips and generator samples). AccVideo's timestep-aware discriminator
+(forward-noised real clips and generator samples). The discriminator itself (layer choice, head,
+the batched pass) is :class:`~avdm.models.feature_discriminator.FeatureDiscriminator`. AccVideo's
+timestep-aware discriminator
 (:class:`~avdm.losses.trajectory.TrajectoryGANLoss`) reuses the same base.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,69 +26,7 @@ from avdm.losses.functional import (
     gan_generator_loss,
 )
 from avdm.models.denoiser import Denoiser
-from avdm.models.heads import MultiScaleDiscriminatorHead
-
-
-def _config_get(model: torch.nn.Module, key: str) -> object:
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    return config.get(key) if hasattr(config, "get") else getattr(config, key, None)
-
-
-def probe_inputs(
-    denoiser: Denoiser, probe_shape: Sequence[int] | None = None, text_dim: int | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """A small dummy input ``(x_t (1, C, F, H, W), t (1,), text (1, 1, D))`` for shape probing.
-
-    Defaults read the diffusers config of ``denoiser.model``: ``out_channels`` (the latent's);
-    ``cross_attention_dim`` (UNets) or ``text_dim`` (Wan); ``F = 2``; ``H = W = 2^len(block_out_channels)``
-    (UNets, so the deepest level is 2x2) or ``4 x`` the patch size (transformers).
-    """
-    model = denoiser.model
-    if text_dim is None:
-        text_dim = _config_get(model, "cross_attention_dim") or _config_get(model, "text_dim")
-    if probe_shape is None:
-        # The latent's channels: a transformer may take more inputs (coordinate or conditioning channels).
-        channels = _config_get(model, "out_channels") or _config_get(model, "in_channels")
-        blocks, patch = _config_get(model, "block_out_channels"), _config_get(model, "patch_size")
-        if blocks is not None:
-            probe_shape = (channels, 2, 2 ** len(blocks), 2 ** len(blocks))
-        elif isinstance(patch, Sequence):
-            probe_shape = (channels, 2 * patch[0], 4 * patch[1], 4 * patch[2])
-    if not isinstance(text_dim, int) or probe_shape is None or None in probe_shape:
-        raise ValueError(
-            f"cannot read the probe input of {type(model).__name__} from its config: set "
-            "probe_shape (C, F, H, W) and text_dim explicitly"
-        )
-    param = next(denoiser.parameters())
-    x_t = torch.randn(1, *probe_shape, device=param.device, dtype=param.dtype)
-    return (
-        x_t,
-        torch.full((1,), 0.5, device=param.device),
-        torch.zeros(1, 1, text_dim, device=param.device, dtype=param.dtype),
-    )
-
-
-def default_feature_layers(names: Sequence[str], shapes: Sequence[torch.Size], count: int = 3) -> list[str]:
-    """``count`` layers at distinct spatial scales: the deepest layer of each of the ``count`` coarsest
-    spatial sizes, completed with the deepest remaining layers when there are fewer scales.
-
-    Args:
-        names: candidate layers, shallow to deep.
-        shapes: their feature shapes ``(B, C, F, H, W)``.
-    """
-    deepest: dict[tuple[int, int], int] = {}
-    for i, shape in enumerate(shapes):
-        deepest[(shape[-2], shape[-1])] = i
-    by_size = sorted(deepest.items(), key=lambda kv: kv[0][0] * kv[0][1])
-    chosen = [i for _, i in by_size[:count]]
-    for i in reversed(range(len(names))):
-        if len(chosen) >= count:
-            break
-        if i not in chosen:
-            chosen.append(i)
-    return [names[i] for i in sorted(chosen)]
+from avdm.models.feature_discriminator import FeatureDiscriminator
 
 
 class FeatureGANLoss(DistillationLoss):
@@ -134,44 +75,26 @@ class FeatureGANLoss(DistillationLoss):
         self.temporal_kernel = temporal_kernel
         self.probe_shape = list(probe_shape) if probe_shape is not None else None
         self.text_dim = text_dim
-        self.disc_head: MultiScaleDiscriminatorHead | None = None
+        self.disc_head: FeatureDiscriminator | None = None
 
     def bind(self, teachers: TeacherBank) -> None:
         """Pick the feature layers and build the head from their channel counts (one dummy forward)."""
-        teacher = teachers.video
-        x_t, t, text = probe_inputs(teacher, self.probe_shape, self.text_dim)
-        candidates = self.feature_layers or list(teacher.default_feature_layers)
-        with torch.no_grad():
-            shapes = [f.shape for f in teacher.encoder_features(x_t, t, text, candidates)]
-        if self.feature_layers is None:
-            self.feature_layers = default_feature_layers(candidates, shapes)
-            shapes = [shapes[candidates.index(name)] for name in self.feature_layers]
-        self.disc_head = MultiScaleDiscriminatorHead(
-            [s[1] for s in shapes],
-            text.shape[-1],
+        self.disc_head = FeatureDiscriminator.on_teacher(
+            teachers.video,
+            self.feature_layers,
             self.head_channels,
             self.head_layers,
             self.temporal_kernel,
-        ).to(x_t.device)
+            self.probe_shape,
+            self.text_dim,
+        )
+        self.feature_layers = self.disc_head.feature_layers
 
     def discriminate(self, teacher: Denoiser, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
-        """Logits ``(B, N)`` of noisy inputs ``x_t (B, C, F, H, W)`` at times ``t (B,)``.
-
-        Generator phase (``x_t`` requires grad): the gradient flows through the frozen teacher and the head
-        into ``x_t``, with the head's parameters taken as constants, so the generator's backward leaves no
-        gradient on the critic whatever the caller toggles. Critic phase: the teacher runs without a graph
-        and only the head is trained.
-        """
-        head = self.disc_head
-        if head is None:
+        """Logits ``(B, N)`` of :meth:`FeatureDiscriminator.discriminate` (the head is constant for G)."""
+        if self.disc_head is None:
             raise RuntimeError(f"{type(self).__name__}: call bind(teachers) before computing losses")
-        generator_phase = torch.is_grad_enabled() and x_t.requires_grad
-        with torch.set_grad_enabled(generator_phase):
-            features = teacher.encoder_features(x_t, t, text, self.feature_layers)
-        if not generator_phase:
-            return head(features, t, text)
-        constants = {name: p.detach() for name, p in head.named_parameters()}
-        return torch.func.functional_call(head, constants, (features, t, text))
+        return self.disc_head.discriminate(teacher, x_t, t, text)
 
     def adversarial_generator_loss(
         self, teacher: Denoiser, x_fake: Tensor, t: Tensor, text: Tensor
@@ -219,33 +142,14 @@ class DenoisingGANLoss(FeatureGANLoss):
     Args:
         weight: lambda_ADM.
         t_min, t_max: normalized noise-level range ``[t_gmin, t_gmax]``.
-        loss_type, feature_layers, head_channels, head_layers, temporal_kernel, probe_shape, text_dim:
-            see :class:`FeatureGANLoss`.
+        discriminator: ``loss_type``, ``feature_layers``, ``head_channels``, ``head_layers``,
+            ``temporal_kernel``, ``probe_shape``, ``text_dim`` of :class:`FeatureGANLoss`.
     """
 
     def __init__(
-        self,
-        weight: float = 1.0,
-        t_min: float = 0.0,
-        t_max: float = 0.5,
-        loss_type: str = "non_saturating",
-        feature_layers: Sequence[str] | None = None,
-        head_channels: int = 64,
-        head_layers: int = 2,
-        temporal_kernel: int = 3,
-        probe_shape: Sequence[int] | None = None,
-        text_dim: int | None = None,
+        self, weight: float = 1.0, t_min: float = 0.0, t_max: float = 0.5, **discriminator: Any
     ) -> None:
-        super().__init__(
-            weight,
-            loss_type,
-            feature_layers,
-            head_channels,
-            head_layers,
-            temporal_kernel,
-            probe_shape,
-            text_dim,
-        )
+        super().__init__(weight, **discriminator)
         check_t_range(t_min, t_max)
         self.t_min, self.t_max = float(t_min), float(t_max)
 

@@ -9,6 +9,8 @@ They differ only in the teacher role and in which frames they look at.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -23,7 +25,7 @@ from avdm.losses.functional import (
     sdm_surrogate,
 )
 from avdm.models.denoiser import Denoiser, trainable_copy
-from avdm.models.teacher_sampling import CFG_CONVENTIONS, guided_prediction
+from avdm.models.sampler_steps import CFG_CONVENTIONS, guided_prediction
 
 
 class ScoreDistillationLoss(DistillationLoss):
@@ -35,8 +37,9 @@ class ScoreDistillationLoss(DistillationLoss):
     when given), ``eps_fake`` from the fake score, both without gradient;
     ``grad = w(t) (eps_real - eps_fake)`` with DMD's per-sample weight
     ``w(t) = sigma_t / (alpha_t mean|x0 - x0_real_hat|)``, in fp32; the loss is
-    ``0.5 ||x0 - stopgrad(x0 - grad)||^2`` summed over all elements (``reduction: sum``), so the gradient
-    reaching each element of ``x0`` is exactly ``grad`` (``mean`` divides it by ``x0.numel()``, as DMD2).
+    ``0.5 ||x0 - stopgrad(x0 - grad)||^2``, averaged over its elements (``reduction: mean``, DMD2's
+    ``0.5 mse``, the default) or summed (``sum``: the gradient reaching each element of ``x0`` is exactly
+    ``grad``; ``mean`` divides it by ``x0.numel()``).
 
     Critic phase: eq. 2 for the fake score on the (detached) chosen frames, same ``t`` range.
 
@@ -65,7 +68,7 @@ class ScoreDistillationLoss(DistillationLoss):
         t_max: float = 0.98,
         guidance_scale: float = 1.0,
         guidance_convention: str = "standard",
-        reduction: str = "sum",
+        reduction: str = "mean",
         norm_eps: float = 1e-6,
         fake_score_weighting: str = "uniform",
     ) -> None:
@@ -151,64 +154,22 @@ class FrameSDMLoss(ScoreDistillationLoss):
     Args:
         weight: lambda_SDM.
         num_frames: ``K`` random frames per sample (paper: 4 of 16).
-        t_min, t_max, guidance_scale, guidance_convention, reduction, norm_eps, fake_score_weighting:
-            see :class:`ScoreDistillationLoss`.
+        settings: ``t_min``, ``t_max``, ``guidance_scale``, ``guidance_convention``, ``reduction``,
+            ``norm_eps``, ``fake_score_weighting`` of :class:`ScoreDistillationLoss`.
     """
 
-    def __init__(
-        self,
-        weight: float = 1.0,
-        num_frames: int = 4,
-        t_min: float = 0.2,
-        t_max: float = 0.98,
-        guidance_scale: float = 1.0,
-        guidance_convention: str = "standard",
-        reduction: str = "sum",
-        norm_eps: float = 1e-6,
-        fake_score_weighting: str = "uniform",
-    ) -> None:
-        super().__init__(
-            weight,
-            "image",
-            num_frames,
-            t_min,
-            t_max,
-            guidance_scale,
-            guidance_convention,
-            reduction,
-            norm_eps,
-            fake_score_weighting,
-        )
+    def __init__(self, weight: float = 1.0, num_frames: int = 4, **settings: Any) -> None:
+        super().__init__(weight, teacher="image", num_frames=num_frames, **settings)
 
 
 class VideoSDMLoss(ScoreDistillationLoss):
     """The video-SDM variant (AVDM2 Table 1): eq. 8 on whole clips, real score = the video teacher.
 
     Args:
-        weight, t_min, t_max, guidance_scale, guidance_convention, reduction, norm_eps, fake_score_weighting:
-            see :class:`ScoreDistillationLoss`.
+        weight: lambda_SDM.
+        settings: ``t_min``, ``t_max``, ``guidance_scale``, ``guidance_convention``, ``reduction``,
+            ``norm_eps``, ``fake_score_weighting`` of :class:`ScoreDistillationLoss`.
     """
 
-    def __init__(
-        self,
-        weight: float = 1.0,
-        t_min: float = 0.2,
-        t_max: float = 0.98,
-        guidance_scale: float = 1.0,
-        guidance_convention: str = "standard",
-        reduction: str = "sum",
-        norm_eps: float = 1e-6,
-        fake_score_weighting: str = "uniform",
-    ) -> None:
-        super().__init__(
-            weight,
-            "video",
-            None,
-            t_min,
-            t_max,
-            guidance_scale,
-            guidance_convention,
-            reduction,
-            norm_eps,
-            fake_score_weighting,
-        )
+    def __init__(self, weight: float = 1.0, **settings: Any) -> None:
+        super().__init__(weight, teacher="video", num_frames=None, **settings)

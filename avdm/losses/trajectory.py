@@ -17,16 +17,17 @@ the last key point (``target: final``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext
-from avdm.losses.functional import DISTANCES, check_choice, deterministic_step, regression_distance
+from avdm.losses.functional import DISTANCES, check_choice, regression_distance
 from avdm.losses.gan import FeatureGANLoss
 from avdm.models.denoiser import Denoiser
+from avdm.models.sampler_steps import deterministic_step
 
 TARGETS = ("next", "final")
 
@@ -117,34 +118,14 @@ class TrajectoryGANLoss(FeatureGANLoss):
     Args:
         weight: lambda of this term.
         target: ``next`` or ``final`` (see the module docstring).
-        loss_type, feature_layers, head_channels, head_layers, temporal_kernel, probe_shape, text_dim:
-            see :class:`~avdm.losses.gan.FeatureGANLoss`.
+        discriminator: ``loss_type``, ``feature_layers``, ``head_channels``, ``head_layers``,
+            ``temporal_kernel``, ``probe_shape``, ``text_dim`` of :class:`~avdm.losses.gan.FeatureGANLoss`.
     """
 
     needs_generator_sample = False
 
-    def __init__(
-        self,
-        weight: float = 1.0,
-        target: str = "next",
-        loss_type: str = "non_saturating",
-        feature_layers: Sequence[str] | None = None,
-        head_channels: int = 64,
-        head_layers: int = 2,
-        temporal_kernel: int = 3,
-        probe_shape: Sequence[int] | None = None,
-        text_dim: int | None = None,
-    ) -> None:
-        super().__init__(
-            weight,
-            loss_type,
-            feature_layers,
-            head_channels,
-            head_layers,
-            temporal_kernel,
-            probe_shape,
-            text_dim,
-        )
+    def __init__(self, weight: float = 1.0, target: str = "next", **discriminator: Any) -> None:
+        super().__init__(weight, **discriminator)
         check_choice("target", target, TARGETS)
         self.target = target
 

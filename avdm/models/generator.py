@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser
+from avdm.models.sampler_steps import deterministic_step
 
 RENOISE = ("fresh", "deterministic")
 
@@ -98,11 +99,10 @@ class FewStepGenerator(nn.Module):
             for j in range(k):
                 t = self._t(j, z.shape[0])
                 pred = self.denoiser(x_t, t, text)
-                x0 = schedule.to_x0(pred, x_t, t)
                 if self.renoise == "fresh":
-                    x_t = self._renoise(x0, j + 1, generator)
-                else:  # DDIM (eta = 0) / Euler step: re-noise with the predicted noise
-                    x_t = schedule.add_noise(x0, schedule.to_eps(pred, x_t, t), self._t(j + 1, z.shape[0]))
+                    x_t = self._renoise(schedule.to_x0(pred, x_t, t), j + 1, generator)
+                else:
+                    x_t = deterministic_step(schedule, pred, x_t, t, self._t(j + 1, z.shape[0]))
         return x_t
 
     def simulate(
