@@ -33,7 +33,6 @@ shards, so a resumed run writes exactly what an uninterrupted one does. One writ
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -42,18 +41,16 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from avdm.data.shard_store import INDEX, ShardStore, canonical, config_hash  # noqa: F401 (INDEX re-exported)
 from avdm.data.stored_latents import StoredLatentDataModule
-from avdm.data.synvid import _atomic_write, _canonical, _differences, _write_index
 from avdm.errors import AvdmUserError
 from avdm.models.bundle import ModelBundle, parse_dtype
 from avdm.models.vae import encode_pixels
 
 FORMAT = "avdm-latent-cache/1"
-INDEX = "index.json"
 PRECOMPUTE_HINT = "write one with `python -m avdm.precompute data.csv=CSV data.video_dir=DIR root=ROOT`"
 SOURCE_KEYS = ("num_frames", "stride", "resolution", "seed", "on_bad_video")
 
@@ -61,7 +58,7 @@ SOURCE_KEYS = ("num_frames", "stride", "resolution", "seed", "on_bad_video")
 # --- describing what is cached -------------------------------------------------------------------
 def model_hash(model_config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of the model config (tuples as lists, ``3.0`` as ``3``)."""
-    return hashlib.sha256(json.dumps(_canonical(model_config), sort_keys=True).encode()).hexdigest()
+    return config_hash(model_config)
 
 
 def default_model_config(models: ModelBundle) -> dict[str, Any]:
@@ -76,7 +73,7 @@ def describe_source(dataset: Dataset) -> dict[str, Any]:
     if hasattr(dataset, "video_dir"):
         source["video_dir"] = str(Path(dataset.video_dir).expanduser().resolve())
     source.update({key: getattr(dataset, key) for key in SOURCE_KEYS if hasattr(dataset, key)})
-    return _canonical(source)
+    return canonical(source)
 
 
 def bad_item(dataset: Dataset, index: int) -> tuple[str, str] | None:
@@ -93,22 +90,11 @@ def bad_item(dataset: Dataset, index: int) -> tuple[str, str] | None:
 
 
 # --- writing -------------------------------------------------------------------------------------
-def _check_resume(root: Path, index: dict[str, Any], fresh: dict[str, Any]) -> None:
-    if index.get("format") != FORMAT:
-        raise AvdmUserError(f"'{root / INDEX}' is not a latent cache index of format {FORMAT}")
-    for key, what in (("model_hash", "model"), ("source", "source")):
-        if index.get(key) != fresh[key]:
-            diff = _differences({what: index.get(what)}, {what: fresh[what]})
-            raise AvdmUserError(
-                f"latent cache '{root}' was written from a different {what} ({'; '.join(diff[:3])}); "
-                "resume with the original settings or write to a new root"
-            )
-    for key in ("shard_size", "dtype", "latent_shape", "text_shape"):
-        if index.get(key) != fresh[key]:
-            raise AvdmUserError(
-                f"latent cache '{root}' was written with {key}={index.get(key)}, not {fresh[key]}; "
-                f"resume with {key}={index.get(key)} or write to a new root"
-            )
+def store(root: str | Path) -> ShardStore:
+    """The shard store of a latent cache root."""
+    return ShardStore(
+        Path(root).expanduser(), FORMAT, "latent cache", "latent cache", "a cache", PRECOMPUTE_HINT
+    )
 
 
 @torch.no_grad()
@@ -184,16 +170,15 @@ def write_latent_cache(
         raise AvdmUserError("the model has no VAE to encode clips with; pick a model config with a VAE")
     store_dtype = parse_dtype(dtype)
     end = len(dataset) if limit is None else min(int(limit), len(dataset))  # type: ignore[arg-type]
-    root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".*.tmp-*"):  # left by a killed writer
-        stale.unlink()
+    shards = store(root)
+    shards.prepare()
+    root = shards.root
     config = dict(model_config) if model_config is not None else default_model_config(models)
     fresh: dict[str, Any] = {
         "format": FORMAT,
         "model_hash": model_hash(config),
-        "model": _canonical(config),
-        "source": _canonical(dict(source)) if source is not None else describe_source(dataset),
+        "model": canonical(config),
+        "source": canonical(dict(source)) if source is not None else describe_source(dataset),
         "shard_size": shard_size,
         "dtype": dtype,
         "latent_shape": list(models.latent_shape),
@@ -202,10 +187,8 @@ def write_latent_cache(
         "num_skipped": 0,
         "shards": [],
     }
-    index = fresh
-    if (root / INDEX).is_file():
-        index = json.loads((root / INDEX).read_text())
-        _check_resume(root, index, fresh)
+    identity = {"model_hash": ("model",), "source": ("source",)}
+    index = shards.resume_index(fresh, identity, ("shard_size", "dtype", "latent_shape", "text_shape"))
     entries = {entry["id"]: entry for entry in index["shards"]}
     for shard_id in range((end + shard_size - 1) // shard_size):
         first = shard_id * shard_size
@@ -224,7 +207,6 @@ def write_latent_cache(
                 f"{fresh['latent_shape']}; "
                 "match data.num_frames / data.resolution to model.num_frames / model.resolution"
             )
-        name = f"shard-{shard_id:05d}.safetensors"
         tensors = {"latents": latent.to(store_dtype).contiguous(), "text": text.to(store_dtype).contiguous()}
         metadata = {
             "format": FORMAT,
@@ -233,7 +215,7 @@ def write_latent_cache(
             "sources": json.dumps(sources),
             "captions": json.dumps(captions),
         }
-        _atomic_write(root / name, lambda p, t=tensors, m=metadata: save_file(t, str(p), metadata=m))
+        name = shards.write_shard(shard_id, tensors, metadata)
         entries[shard_id] = {
             "id": shard_id,
             "file": name,
@@ -246,7 +228,7 @@ def write_latent_cache(
         index["shards"] = [entries[i] for i in sorted(entries)]
         index["num_clips"] = sum(e["count"] for e in index["shards"])
         index["num_skipped"] = sum(len(e["skipped"]) for e in index["shards"])
-        _write_index(root, index)
+        shards.write_index(index)
         if on_shard is not None:
             on_shard(entries[shard_id])
     return index
@@ -260,16 +242,10 @@ def skipped_counts(index: Mapping[str, Any]) -> dict[str, int]:
 # --- reading -------------------------------------------------------------------------------------
 def read_index(root: str | Path) -> dict[str, Any]:
     """The ``index.json`` of a latent cache root that holds at least one clip."""
-    path = Path(root).expanduser() / INDEX
-    if not path.is_file():
-        raise AvdmUserError(
-            f"no latent cache index at '{path}'; set data.root to a cache or {PRECOMPUTE_HINT}"
-        )
-    index = json.loads(path.read_text())
-    if index.get("format") != FORMAT:
-        raise AvdmUserError(f"'{path}' is not a latent cache index of format {FORMAT}")
+    shards = store(root)
+    index = shards.read_index()
     if not index["num_clips"]:
-        raise AvdmUserError(f"latent cache '{path.parent}' holds no clip yet; {PRECOMPUTE_HINT}")
+        raise AvdmUserError(f"latent cache '{shards.root}' holds no clip yet; {PRECOMPUTE_HINT}")
     return index
 
 

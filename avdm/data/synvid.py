@@ -31,9 +31,7 @@ resumed run writes exactly what an uninterrupted one does. One writer per root a
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,19 +40,18 @@ from typing import Any, NamedTuple
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from avdm.data.shard_store import INDEX, ShardStore, canonical, config_hash  # noqa: F401 (INDEX re-exported)
 from avdm.data.stored_latents import StoredLatentDataModule
 from avdm.errors import AvdmUserError, ConfigError
 from avdm.models.bundle import ModelBundle, parse_dtype
 from avdm.models.denoiser import Denoiser
 from avdm.models.generator import FewStepGenerator
-from avdm.models.teacher_sampling import make_scheduler, sample_teacher
+from avdm.models.sampling import make_scheduler, sample_teacher
 
 FORMAT = "avdm-synvid/1"
-INDEX = "index.json"
 SYNTHESIZE_HINT = "write one with `python -m avdm.synthesize prompts=FILE root=ROOT`"
 
 
@@ -82,7 +79,7 @@ def record_trajectory(
     guidance_scale: float = 5.0,
     generator: torch.Generator | None = None,
 ) -> Trajectory:
-    """:func:`~avdm.models.teacher_sampling.sample_teacher`, keeping every state of the sampler.
+    """:func:`~avdm.models.sampling.sample_teacher`, keeping every state of the sampler.
 
     It runs ``sample_teacher`` itself, so ``latents[:, -1]`` equals its output.
     Only schedulers whose state is the model's ``x_t`` qualify (flow-matching Euler, DDIM:
@@ -137,21 +134,9 @@ def noise_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
-def _canonical(value: Any) -> Any:
-    """JSON-ready copy in which tuples are lists and integral floats are ints (``shift: 3`` == ``3.0``)."""
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
-
-
 def teacher_hash(teacher_config: Mapping[str, Any], settings: SamplerSettings) -> str:
     """sha256 of the canonical JSON of the teacher config and the sampler settings."""
-    blob = json.dumps(_canonical({"teacher": teacher_config, "sampler": asdict(settings)}), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return config_hash({"teacher": teacher_config, "sampler": asdict(settings)})
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -165,44 +150,11 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_index(root: Path, index: dict[str, Any]) -> None:
-    _atomic_write(root / INDEX, lambda p: p.write_text(json.dumps(index, indent=1)))
-
-
-def _differences(old: Any, new: Any, key: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{key}.{k}")
-        ]
-    return [] if old == new else [f"{key.lstrip('.')}: {old!r} -> {new!r}"]
-
-
-def _check_resume(root: Path, index: dict[str, Any], fresh: dict[str, Any]) -> None:
-    if index.get("format") != FORMAT:
-        raise AvdmUserError(f"'{root / INDEX}' is not a SynVid index of format {FORMAT}")
-    if index["teacher_hash"] != fresh["teacher_hash"]:
-        diff = _differences(
-            {"teacher": index.get("teacher"), "sampler": index.get("sampler")},
-            {"teacher": fresh["teacher"], "sampler": fresh["sampler"]},
-        )
-        differs = "; ".join(diff[:3]) or "see index.json"
-        raise AvdmUserError(
-            f"SynVid root '{root}' was written by a different teacher or sampler (teacher_hash "
-            f"{index['teacher_hash'][:12]} != {fresh['teacher_hash'][:12]}; {differs}); "
-            "resume with the original settings or write to a new root"
-        )
-    for key in ("shard_size", "dtype"):
-        if index[key] != fresh[key]:
-            raise AvdmUserError(
-                f"SynVid root '{root}' was written with {key}={index[key]}, not {fresh[key]}; "
-                f"resume with {key}={index[key]} or write to a new root"
-            )
+def store(root: str | Path) -> ShardStore:
+    """The shard store of a SynVid root."""
+    return ShardStore(
+        Path(root).expanduser(), FORMAT, "SynVid", "SynVid root", "a SynVid folder", SYNTHESIZE_HINT
+    )
 
 
 def _shard_todo(root: Path, entry: dict[str, Any] | None, prompts: list[str]) -> bool:
@@ -288,15 +240,14 @@ def write_synvid(
     if not prompts:
         raise ValueError("prompts must not be empty")
     store_dtype = parse_dtype(dtype)
-    root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".*.tmp-*"):  # left by a killed writer
-        stale.unlink()
+    shards = store(root)
+    shards.prepare()
+    root = shards.root
     fresh = {
         "format": FORMAT,
         "teacher_hash": teacher_hash(teacher_config, settings),
-        "teacher": _canonical(teacher_config),
-        "sampler": _canonical(asdict(settings)),
+        "teacher": canonical(teacher_config),
+        "sampler": canonical(asdict(settings)),
         "shard_size": shard_size,
         "dtype": dtype,
         "latent_shape": list(models.latent_shape),
@@ -304,10 +255,7 @@ def write_synvid(
         "num_trajectories": 0,
         "shards": [],
     }
-    index = fresh
-    if (root / INDEX).is_file():
-        index = json.loads((root / INDEX).read_text())
-        _check_resume(root, index, fresh)
+    index = shards.resume_index(fresh, {"teacher_hash": ("teacher", "sampler")}, ("shard_size", "dtype"))
     entries = {entry["id"]: entry for entry in index["shards"]}
     prompts = list(prompts)
     written = 0
@@ -319,7 +267,6 @@ def write_synvid(
         if not _shard_todo(root, entries.get(shard_id), shard_prompts):
             continue
         latents, times, text = _sample_shard(models, shard_prompts, first, settings, batch_size)
-        name = f"shard-{shard_id:05d}.safetensors"
         tensors = {
             "latents": latents.to(store_dtype),
             "timesteps": times.float(),
@@ -331,7 +278,7 @@ def write_synvid(
             "first": str(first),
             "prompts": json.dumps(shard_prompts),
         }
-        _atomic_write(root / name, lambda p, t=tensors, m=metadata: save_file(t, str(p), metadata=m))
+        name = shards.write_shard(shard_id, tensors, metadata)
         entries[shard_id] = {
             "id": shard_id,
             "file": name,
@@ -343,7 +290,7 @@ def write_synvid(
         index["num_trajectories"] = sum(e["count"] for e in index["shards"])
         index["timesteps"] = times[0].tolist()
         index["text_shape"] = list(text.shape[1:])
-        _write_index(root, index)
+        shards.write_index(index)
         written += 1
         if on_shard is not None:
             on_shard(entries[shard_id])
@@ -353,16 +300,10 @@ def write_synvid(
 # --- reading -------------------------------------------------------------------------------------
 def read_index(root: str | Path) -> dict[str, Any]:
     """The ``index.json`` of a SynVid root."""
-    path = Path(root).expanduser() / INDEX
-    if not path.is_file():
-        raise AvdmUserError(
-            f"no SynVid index at '{path}'; set data.root to a SynVid folder or {SYNTHESIZE_HINT}"
-        )
-    index = json.loads(path.read_text())
-    if index.get("format") != FORMAT:
-        raise AvdmUserError(f"'{path}' is not a SynVid index of format {FORMAT}")
+    shards = store(root)
+    index = shards.read_index()
     if not index["shards"]:
-        raise AvdmUserError(f"SynVid root '{path.parent}' holds no finished shard yet; {SYNTHESIZE_HINT}")
+        raise AvdmUserError(f"SynVid root '{shards.root}' holds no finished shard yet; {SYNTHESIZE_HINT}")
     return index
 
 
