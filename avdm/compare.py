@@ -62,8 +62,8 @@ def generate(
 ) -> float:
     """Write ``out/NNN.mp4`` for every prompt (noise of video ``i`` from seed ``(seed, i)``, the same for
     every row) plus ``captions.csv``; returns wall-clock seconds per video, file writing excluded."""
+    from avdm.data.visualize import video_grid, write_mp4
     from avdm.models.vae import decode_latents
-    from avdm.visualize import video_grid, write_mp4
 
     out.mkdir(parents=True, exist_ok=True)
     seconds = 0.0
@@ -97,7 +97,7 @@ SAMPLER_NAMES = {"ddim": "DDIM", "flow_euler": "Euler", "euler": "Euler"}
 
 
 def teacher_row(bundle, steps: int, guidance: float, name: str = "teacher") -> Row:  # noqa: ANN001
-    from avdm.models.teacher_sampling import make_scheduler, reference_sampler, sample_teacher
+    from avdm.models.sampling import make_scheduler, reference_sampler, sample_teacher
 
     kind = reference_sampler(bundle.video_teacher)[0]
 
@@ -119,8 +119,8 @@ def load_teacher(spec: str):  # noqa: ANN201 (ModelBundle, lazy import)
     from omegaconf import OmegaConf
 
     import avdm.config  # noqa: F401  (the ${avdm_asset:...} resolver)
+    from avdm.config import CONFIG_DIR
     from avdm.models.animatediff import build_animatediff
-    from avdm.train import CONFIG_DIR
 
     if Path(spec).is_dir():
         bundle = build_animatediff(
@@ -141,7 +141,7 @@ def load_teacher(spec: str):  # noqa: ANN201 (ModelBundle, lazy import)
 
 
 def student_row(label: str, ckpt: str) -> Row:
-    from avdm.checkpoints import load_run
+    from avdm.training.checkpoints import load_run
 
     module = load_run(ckpt).module
     generator = module.sampling_generator()
@@ -217,7 +217,7 @@ def compare(
     """
     from avdm.data.shapes import VIDEO_DIR, write_shapes_dataset
     from avdm.evaluate import evaluate
-    from avdm.models.teacher_sampling import reference_sampler
+    from avdm.models.sampling import reference_sampler
 
     prompts = list(prompts) if prompts is not None else shapes_prompts(per_caption)
     # Real clips with seeds unseen in training: the reference, and a second draw as the "real" row.
@@ -273,8 +273,8 @@ def figure_prompts(prompts: Sequence[str], count: int = 4) -> list[int]:
 
 def write_figure(out: Path, labels: Sequence[str], prompts: Sequence[str]) -> Path:
     """``out/frames.png``: the frames of a few prompts for every row, side by side (from ``out/row*/``)."""
-    from avdm.evaluate import load_videos
-    from avdm.visualize import frames_sheet
+    from avdm.data.video_folder import load_videos
+    from avdm.data.visualize import frames_sheet
 
     picks = figure_prompts(prompts)
     runs = []

@@ -7,7 +7,7 @@ Each error names the config key and what is accepted. Checks:
 * loss plugins are :class:`~avdm.losses.base.DistillationLoss` subclasses;
 * any ``t_min`` / ``t_max`` pair lies in [0, 1] with ``t_min < t_max``;
 * weights are non-negative; a frame count ``num_frames`` of a loss is no larger than the model's;
-* an ``autoencoder`` block (VAE training instead of distillation) has only known keys.
+* ``module`` names a LightningModule (``conf/module/``) and passes it only keys it accepts.
 
 Importing it registers the ``${avdm_asset:NAME}`` resolver (weights shipped inside the package).
 """
@@ -23,7 +23,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from avdm.config_schema import bad_value, check_arguments, check_value
+from avdm.config_schema import bad_value, call_parameters, check_arguments, check_value
 from avdm.errors import ConfigError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -76,13 +76,9 @@ def check_keys(
 ) -> None:
     """Unknown keys, wrong types, non-finite numbers and values out of range, for one call of ``target``
     (``skip``: parameters the code passes itself, such as ``models``)."""
-    params = inspect.signature(target).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        accepted = [
-            n
-            for n, p in params.items()
-            if p.kind is not inspect.Parameter.VAR_POSITIONAL and n != "self" and n not in skip
-        ]
+    names, open_ended = call_parameters(target)
+    if not open_ended:
+        accepted = [n for n in names if n not in skip]
         unknown = [k for k in values if k not in accepted]
         if unknown:
             prefix = f"{key}." if key else ""
@@ -126,10 +122,10 @@ def validate(cfg: DictConfig) -> None:
     check_value("seed", "seed", cfg.get("seed", 0), int)
     check_value("task_name", "task_name", cfg.get("task_name", ""), str)
     check_value("ckpt_path", "ckpt_path", cfg.get("ckpt_path"), str | None)
-    if cfg.get("autoencoder"):
-        from avdm.autoencoder import AutoencoderModule
-
-        check_keys(plain_values(cfg.autoencoder), "autoencoder", AutoencoderModule, skip=("models",))
+    module_class = _check_module(cfg)
+    if "losses" not in inspect.signature(module_class).parameters:  # e.g. the VAE stage: no plugins
+        _walk_sections(cfg)
+        return
     if not cfg.get("loss") or all(node is None for node in cfg.loss.values()):
         raise ConfigError("loss: no loss plugin selected; pick some, e.g. 'loss=[frame_sdm,gan]'")
     model_frames = OmegaConf.select(cfg, "model.num_frames")
@@ -149,16 +145,31 @@ def validate(cfg: DictConfig) -> None:
         frames = node.get("num_frames")
         if frames is not None and model_frames is not None and not 1 <= frames <= model_frames:
             raise ConfigError(f"{key}.num_frames={frames}: must be in [1, model.num_frames={model_frames}]")
-    for section in ("model", "data", "trainer", "callbacks", "logger"):
-        if section in cfg and cfg[section] is not None:
-            _walk_targets(cfg[section], section)
-    from avdm.module import DistillationModule
-
+    _walk_sections(cfg)
     module_values = plain_values(cfg.module)
-    check_keys(module_values, "module", DistillationModule, skip=("models", "losses"))
     _check_ladder(module_values.get("generator_timesteps"))
     for i, group in enumerate(module_values.get("generator_param_groups") or []):
         _check_param_group(group, f"module.generator_param_groups[{i}]")
+
+
+def _check_module(cfg: DictConfig) -> type:
+    """``module``: a LightningModule class taking the model bundle, called with known keys only."""
+    import lightning as L
+
+    node = cfg.get("module")
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError("module: needs a _target_ (a LightningModule class, e.g. module=distillation)")
+    target = _resolve_target(node["_target_"], "module")
+    if not (inspect.isclass(target) and issubclass(target, L.LightningModule)):
+        raise ConfigError(f"module._target_: {node['_target_']} is not a LightningModule class")
+    check_keys(plain_values(node), "module", target, skip=("models", "losses"))
+    return target
+
+
+def _walk_sections(cfg: DictConfig) -> None:
+    for section in ("model", "data", "trainer", "callbacks", "logger"):
+        if section in cfg and cfg[section] is not None:
+            _walk_targets(cfg[section], section)
 
 
 def _refuse_unknown_top_level(cfg: DictConfig, accepted: frozenset[str] | set[str]) -> None:
@@ -170,8 +181,8 @@ def _refuse_unknown_top_level(cfg: DictConfig, accepted: frozenset[str] | set[st
 
 # The keys of conf/train.yaml and its config groups; anything else at the top is a typo.
 TOP_LEVEL_KEYS = frozenset(
-    {"model", "loss", "data", "trainer", "callbacks", "logger", "module", "autoencoder", "task_name",
-     "seed", "ckpt_path", "paths", "hydra"}
+    {"model", "loss", "data", "trainer", "callbacks", "logger", "module", "task_name", "seed", "ckpt_path",
+     "paths", "hydra"}
 )  # fmt: skip
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from avdm.checkpoints import LoadedRun, load_run
+from avdm.data.visualize import video_grid, write_mp4
 from avdm.errors import ConfigError, report_user_errors
-from avdm.models.teacher_sampling import SCHEDULERS, make_scheduler, reference_sampler, sample_teacher
+from avdm.models.sampling import SCHEDULERS, make_scheduler, reference_sampler, sample_teacher
 from avdm.models.vae import decode_latents
-from avdm.visualize import video_grid, write_mp4
+from avdm.training.checkpoints import LoadedRun, load_run
 
 
 def slug(prompt: str, limit: int = 40) -> str:

@@ -1,145 +1,18 @@
 """``python -m avdm.train +experiment=NAME [key=value ...]``: compose, validate, build, fit.
 
 Errors in the user's config or files (a key out of range, missing weights) end the run with one
-line on stderr and exit status 2, never a traceback.
+line on stderr and exit status 2, never a traceback. The work is in :mod:`avdm.training`:
+:func:`~avdm.training.build.build_module` builds the run, :func:`~avdm.training.fit.fit` trains it.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import shlex
-import sys
-import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from hydra.utils import instantiate
-from omegaconf import DictConfig
-
-from avdm.checkpoint_io import AtomicCheckpointIO, read_fitting_checkpoint
-from avdm.config import CONFIG_DIR, validate
-from avdm.errors import AvdmUserError
+from avdm.config import CONFIG_DIR
 from avdm.hydra_entry import hydra_command
-from avdm.loggers import build_loggers, log_config
-from avdm.stopping import EXIT_CODES, FinalCheckpoint
+from avdm.training.build import build_losses, build_module
+from avdm.training.fit import fit
 
 __all__ = ["CONFIG_DIR", "build_losses", "build_module", "fit", "main"]
-
-if TYPE_CHECKING:
-    import lightning as L
-
-log = logging.getLogger("avdm.train")
-
-
-def build_losses(cfg: DictConfig) -> dict[str, Any]:
-    """The loss plugins of ``cfg.loss`` by role key; a key set to null (``loss.sdm=null``) is dropped."""
-    return {name: instantiate(node) for name, node in cfg.loss.items() if node is not None}
-
-
-def build_module(cfg: DictConfig) -> L.LightningModule:
-    """The LightningModule of ``cfg``: a :class:`~avdm.module.DistillationModule` over the model bundle and
-    the loss plugins, or, when the config has an ``autoencoder`` block, the VAE trainer of teacher
-    training (:class:`~avdm.autoencoder.AutoencoderModule`)."""
-    models = instantiate(cfg.model)
-    if cfg.get("autoencoder"):
-        from avdm.autoencoder import AutoencoderModule
-
-        return AutoencoderModule(models, **cfg.autoencoder)
-    from avdm.module import DistillationModule
-
-    return DistillationModule(models, build_losses(cfg), **cfg.module)
-
-
-class TrainingStopped(AvdmUserError):
-    """Training was stopped by SIGINT / SIGTERM after its checkpoint was written; exit 130 / 143."""
-
-    label = "stopped"
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def resume_command(ckpt: Path, output_dir: Path) -> str:
-    """The command line that continues this run from ``ckpt`` in the same folder."""
-    keep = [a for a in sys.argv[1:] if not a.startswith(("ckpt_path=", "hydra.run.dir="))]
-    args = [*keep, f"ckpt_path={ckpt.resolve()}", f"hydra.run.dir={output_dir.resolve()}"]
-    return " ".join(["python -m avdm.train", *(shlex.quote(a) for a in args)])
-
-
-def check_resume_checkpoint(module: L.LightningModule, ckpt_path: str | None, output_dir: Path) -> str | None:
-    """The file ``ckpt_path`` names, checked to be a whole checkpoint of this very module (one line if
-    not); ``"last"`` when no ``last.ckpt`` exists yet is left to Lightning (it starts from scratch)."""
-    if ckpt_path is None:
-        return None
-    path = Path(ckpt_path)
-    if ckpt_path == "last":
-        path = output_dir / "checkpoints" / "last.ckpt"
-        if not path.is_file():
-            return None
-    read_fitting_checkpoint(module, path, mmap=True)  # Lightning reads it again to resume
-    return str(path)
-
-
-def fit(cfg: DictConfig) -> dict[str, Any]:
-    """Build everything from ``cfg`` and train; returns the final logged metrics.
-
-    Raises:
-        TrainingStopped: SIGINT / SIGTERM; ``last.ckpt`` holds the step it names.
-        AvdmUserError: a config, data or checkpoint problem, or non-finite training (one line each).
-    """
-    import lightning as L
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from avdm.callbacks import IterationProgressBar
-    from avdm.module import NonFiniteLossError, NonFiniteWeightsError
-
-    validate(cfg)
-    # Expected with avdm: frozen teachers are in eval mode, and checkpoints hold post-update weights.
-    warnings.filterwarnings("ignore", message=r"Found .* module\(s\) in eval mode")
-    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
-    L.seed_everything(cfg.seed, workers=True)
-    out = Path(cfg.paths.output_dir)
-    module = build_module(cfg)
-    resumed_from = check_resume_checkpoint(module, cfg.ckpt_path, out)
-    datamodule = instantiate(cfg.data)
-    final = FinalCheckpoint()
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    callbacks.append(final)
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(IterationProgressBar())
-    loggers = build_loggers(cfg)
-    log_config(loggers, cfg)
-    checkpoint_io = AtomicCheckpointIO(resumed_from)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io]
-    )
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    except SIGTERMException:
-        final.stopped_by = final.stopped_by or "SIGTERM"
-    except (NonFiniteLossError, NonFiniteWeightsError) as err:
-        raise type(err)(f"{err}; {checkpoint_io.good_checkpoint_text()}") from None
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    for counter in ("generator_steps", "critic_steps", "nonfinite_skips"):
-        if hasattr(module, counter):
-            metrics[counter] = int(getattr(module, counter))
-    if final.stopped_by:
-        metrics["stopped_by"] = final.stopped_by  # type: ignore[assignment]
-    if trainer.is_global_zero:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        logs = ", ".join(f"{name}/" for name, node in (cfg.get("logger") or {}).items() if node is not None)
-        log.info("Outputs in %s (checkpoints/, metrics.json%s)", out, f", {logs}" if logs else "")
-    if final.stopped_by:
-        saved = final.saved or checkpoint_io.last_good
-        where = f"saved {saved}" if saved else "no checkpoint was written"
-        resume = f"; resume with: {resume_command(saved, out)}" if saved else ""
-        raise TrainingStopped(
-            f"{final.stopped_by} at step {trainer.global_step}; {where}{resume}", EXIT_CODES[final.stopped_by]
-        )
-    return metrics
-
 
 main = hydra_command(fit, "train")
 

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @torch.no_grad()
 def measure(bundle, prompts: list[str], guidance: float, repeats: int) -> dict[str, float]:  # noqa: ANN001
     from avdm.models.generator import FewStepGenerator
-    from avdm.models.teacher_sampling import make_scheduler, sample_teacher
+    from avdm.models.sampling import make_scheduler, sample_teacher
     from avdm.models.vae import decode_latents
 
     text = bundle.prompt_encoder(prompts)

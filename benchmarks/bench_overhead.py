@@ -158,7 +158,8 @@ def build_shapes_setting(out_dir: Path, overrides: tuple[str, ...] = ()) -> tupl
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from avdm.train import CONFIG_DIR, build_module
+    from avdm.config import CONFIG_DIR
+    from avdm.training.build import build_module
 
     data_root = out_dir.parent / ".data" / "shapes"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -38,7 +38,8 @@ def _bytes(params: list[torch.nn.Parameter]) -> int:
 def measure(experiment: str, dtype: str) -> dict[str, float]:
     from hydra import compose, initialize_config_dir
 
-    from avdm.train import CONFIG_DIR, build_module
+    from avdm.config import CONFIG_DIR
+    from avdm.training.build import build_module
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(

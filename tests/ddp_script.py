@@ -16,7 +16,7 @@ from conftest import TINY_UNET  # noqa: E402  (this script's folder is on sys.pa
 from avdm.data import SyntheticLatentDataModule  # noqa: E402
 from avdm.losses import DenoisingGANLoss, FrameSDMLoss  # noqa: E402
 from avdm.models.animatediff import build_animatediff  # noqa: E402
-from avdm.module import FROZEN_PREFIXES, DistillationModule  # noqa: E402
+from avdm.training.module import FROZEN_PREFIXES, DistillationModule  # noqa: E402
 
 
 class RecordBatches(L.Callback):

@@ -13,9 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from avdm.config import validate
+from avdm.config import CONFIG_DIR, validate
 from avdm.errors import ConfigError
-from avdm.train import CONFIG_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 

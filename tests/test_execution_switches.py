@@ -10,7 +10,7 @@ from avdm.data import SyntheticLatentDataModule
 from avdm.losses import DenoisingGANLoss, FrameSDMLoss
 from avdm.models.animatediff import build_animatediff
 from avdm.models.execution import count_saved_activations, diffusers_models
-from avdm.module import DistillationModule
+from avdm.training.module import DistillationModule
 from tests.conftest import TINY_UNET
 
 
@@ -111,7 +111,7 @@ def test_channels_last_puts_conv_weights_in_nhwc():
 
 
 def test_avdm_adamw_is_multi_tensor_and_steps_like_the_per_tensor_loop():
-    from avdm.optim import adamw
+    from avdm.training.optim import adamw
 
     params = [torch.randn(64, 32, requires_grad=True), torch.randn(7, requires_grad=True)]
     reference = [p.detach().clone().requires_grad_() for p in params]

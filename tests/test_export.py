@@ -14,7 +14,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from avdm.losses.denoising import DenoisingLoss
-from avdm.module import DistillationModule
+from avdm.training.module import DistillationModule
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 PROMPTS = ["a red ball moving left", "a blue box moving up"]
@@ -187,9 +187,9 @@ def test_sample_cli_writes_student_videos(trained_run, tmp_path):
 
 
 def test_sample_cli_teacher_and_export_cli_in_process(trained_run, tmp_path):
-    from avdm.checkpoints import load_run
     from avdm.export import main as export_main
     from avdm.sample import main as sample_main
+    from avdm.training.checkpoints import load_run
 
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     paths = sample_main(

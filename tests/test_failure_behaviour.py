@@ -20,16 +20,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from avdm.checkpoint_io import (
+from avdm.train import CONFIG_DIR, fit
+from avdm.training.checkpoint_io import (
     AtomicCheckpointIO,
     CheckpointError,
     CheckpointWriteError,
     nonfinite_tensors,
     read_checkpoint,
 )
-from avdm.checkpoints import load_run
-from avdm.module import NonFiniteLossError, NonFiniteWeightsError
-from avdm.train import CONFIG_DIR, fit
+from avdm.training.checkpoints import load_run
+from avdm.training.module import NonFiniteLossError, NonFiniteWeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

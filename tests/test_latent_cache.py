@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from avdm.config import CONFIG_DIR
 from avdm.data.latent_cache import (
     INDEX,
     LatentCacheDataModule,
@@ -26,7 +27,6 @@ from avdm.data.openvid import OpenVidDataset
 from avdm.errors import AvdmUserError
 from avdm.models.animatediff import build_animatediff
 from avdm.models.vae import encode_pixels
-from avdm.train import CONFIG_DIR
 from tests.video_fixtures import make_bad_videos, make_video, write_csv
 
 CLIP = {"num_frames": 8, "stride": 2, "resolution": 32}  # the tiny model's 8 frames of 32x32 pixels

@@ -11,13 +11,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from avdm.config import asset_path
+from avdm.config import CONFIG_DIR, asset_path
 from avdm.data.shapes import COLOURS, DIRECTIONS, SHAPES, caption
 from avdm.metrics import PromptAccuracy
 from avdm.models.denoiser import FrameTransformerDenoiser
-from avdm.models.teacher_sampling import make_scheduler, reference_sampler, sample_teacher
+from avdm.models.sampling import make_scheduler, reference_sampler, sample_teacher
 from avdm.models.vae import decode_latents
-from avdm.train import CONFIG_DIR
 
 # 20 Euler steps keep the check fast (measured on the shipped weights: direction 0.85, colour 1.0, shape
 # 0.95 on these 20 captions); the README's table uses the teacher's 50.

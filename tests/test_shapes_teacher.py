@@ -9,12 +9,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from avdm.config import asset_path
+from avdm.config import CONFIG_DIR, asset_path
 from avdm.data.shapes import COMBINATIONS, caption, render_clip
 from avdm.metrics import PromptAccuracy
-from avdm.models.teacher_sampling import make_scheduler, sample_teacher
+from avdm.models.sampling import make_scheduler, sample_teacher
 from avdm.models.vae import decode_latents, encode_pixels
-from avdm.train import CONFIG_DIR
 
 # Measured on the shipped weights (README, "Results"): 25 DDIM steps, CFG 4, one video per caption gave
 # colour 0.967, shape 0.95; direction is at chance (0.25): the teacher does not follow it (README).

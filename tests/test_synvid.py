@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from avdm.config import validate
+from avdm.config import CONFIG_DIR, validate
 from avdm.data.synvid import (
     INDEX,
     SamplerSettings,
@@ -30,9 +30,8 @@ from avdm.losses import TrajectoryRegressionLoss
 from avdm.losses.base import StepContext, TeacherBank
 from avdm.models.denoiser import trainable_copy
 from avdm.models.generator import FewStepGenerator
-from avdm.models.teacher_sampling import make_scheduler, sample_teacher
+from avdm.models.sampling import make_scheduler, sample_teacher
 from avdm.models.wan import build_wan
-from avdm.train import CONFIG_DIR
 
 PROMPTS = [
     "a red ball moving left",

@@ -13,8 +13,8 @@ from avdm.errors import ConfigError
 from avdm.losses import DenoisingLoss
 from avdm.losses.base import StepContext
 from avdm.models.animatediff import spatial_unet, tiny_motion_unet
-from avdm.optim import param_groups_by_pattern
 from avdm.train import CONFIG_DIR, fit
+from avdm.training.optim import param_groups_by_pattern
 
 
 def test_zero_initialized_motion_modules_make_the_video_unet_the_image_unet_per_frame():
@@ -113,7 +113,7 @@ def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]
 
 
 def test_teacher_stages_train_the_vae_then_the_image_unet_then_the_motion_modules(tmp_path):
-    vae_dir = _stage("teacher_shapes_vae", tmp_path, "vae", "autoencoder.warmup_steps=0")
+    vae_dir = _stage("teacher_shapes_vae", tmp_path, "vae", "module.warmup_steps=0")
     vae = AutoencoderKL.from_pretrained(vae_dir, subfolder="vae")
     assert vae.config.scaling_factor != 1.0 and 0.0 < vae.config.scaling_factor < 100.0
     assert (tmp_path / "data" / "shapes.csv").is_file(), "the data module writes the dataset on first use"

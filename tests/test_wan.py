@@ -8,10 +8,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import UMT5Config, UMT5EncoderModel
 
+from avdm.config import CONFIG_DIR
 from avdm.errors import MissingWeightsError
 from avdm.models.denoiser import VideoTransformerDenoiser
+from avdm.models.sampling import make_scheduler
 from avdm.models.schedules import FlowMatchingSchedule
-from avdm.models.teacher_sampling import make_scheduler
 from avdm.models.tokenizer import build_word_tokenizer
 from avdm.models.wan import (
     MaskedPromptEncoder,
@@ -20,7 +21,6 @@ from avdm.models.wan import (
     tiny_wan_vae,
     vae_factors,
 )
-from avdm.train import CONFIG_DIR
 
 
 @pytest.fixture(scope="module")

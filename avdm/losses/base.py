@@ -5,6 +5,7 @@ drives any set of them without knowing which:
 
 * generator phase: ``weight * plugin.generator_loss(ctx)`` is summed over plugins and backpropagated
   into the generator;
+* after a generator update: ``plugin.after_generator_step(ctx)`` (e.g. an EMA target follows the generator);
 * critic phase (``critic_steps_per_generator_step`` times per generator step): each plugin that owns a
   trainable critic (a fake score, a discriminator head) returns ``plugin.critic_loss(ctx)``, which is
   backpropagated into ``plugin.critic_parameters()`` only, by that plugin's own optimizer.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
@@ -69,7 +70,6 @@ class StepContext:
     generator: FewStepGenerator
     uncond_text: Tensor | None = None
     generator_step: int = 0
-    extras: Mapping[str, Any] = field(default_factory=dict)
 
     def detached(self) -> StepContext:
         """The same context with ``x0_fake`` cut from the generator's graph (critic phase)."""
@@ -103,6 +103,10 @@ class DistillationLoss(nn.Module, abc.ABC):
     def critic_loss(self, ctx: StepContext) -> LossOutput | None:
         """The loss of this plugin's own critic on a detached context, or ``None`` if it has none."""
         return None
+
+    def after_generator_step(self, ctx: StepContext) -> None:
+        """Called after every generator update that was taken, with that step's context (``ctx.generator``
+        holds the updated weights): move an EMA target here, for instance. Default: nothing."""
 
     def critic_parameters(self) -> Iterator[nn.Parameter]:
         """The trainable critic parameters (fake score, discriminator head) for this plugin's optimizer."""

@@ -119,7 +119,7 @@ def _labels(captions: Sequence[str]) -> dict[str, Tensor]:
 def _decoded_clips(root: Path, count: int, seed: int) -> tuple[Tensor, list[str]]:
     """``count`` shapes clips written as mp4 under ``root`` and decoded: ``(N, 3, 8, 32, 32)``, captions."""
     from avdm.data.shapes import write_shapes_dataset
-    from avdm.evaluate import load_videos
+    from avdm.data.video_folder import load_videos
 
     csv_path = write_shapes_dataset(root, count, num_frames=8, size=32, seed=seed)
     names, videos = load_videos(csv_path.parent / "videos", 8, 32)

@@ -13,14 +13,12 @@ stage trained with ``DenoisingLoss``, or a student), ``--teacher`` for its froze
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from avdm.data.shapes import COLOURS, caption, parse_caption
-from avdm.errors import AvdmUserError, report_user_errors
 from avdm.models.bundle import PromptEncoder
 from avdm.models.denoiser import Denoiser
 
@@ -91,40 +89,3 @@ def markdown(losses: dict[float, dict[str, float]]) -> str:
     head = "| t | " + " | ".join(VARIANTS) + " |\n|" + "---|" * (len(VARIANTS) + 1) + "\n"
     rows = [f"| {t:g} | " + " | ".join(f"{row[v]:.4f}" for v in VARIANTS) + " |" for t, row in losses.items()]
     return head + "\n".join(rows) + "\n"
-
-
-@report_user_errors
-def main(argv: Sequence[str] | None = None) -> dict[float, dict[str, float]]:
-    parser = argparse.ArgumentParser(
-        prog="python -m avdm.metrics.word_swap", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("ckpt", help="<run>/checkpoints/NAME.ckpt")
-    parser.add_argument(
-        "--cache", required=True, help="a latent cache of shapes clips (python -m avdm.precompute)"
-    )
-    parser.add_argument("--num", type=int, default=128, help="clips, taken evenly over the cache")
-    parser.add_argument("--times", type=float, nargs="+", default=[0.5, 0.8, 0.95])
-    parser.add_argument("--teacher", action="store_true", help="probe the run's frozen teacher instead")
-    parser.add_argument("--no-ema", action="store_true")
-    args = parser.parse_args(argv)
-    if args.num < 1 or not all(0.0 < t < 1.0 for t in args.times):
-        raise AvdmUserError(f"--num must be >= 1 and --times in (0, 1), got {args.num} and {args.times}")
-    from avdm.checkpoints import load_run
-    from avdm.data.latent_cache import LatentCacheDataset
-
-    run = load_run(args.ckpt)
-    module = run.module
-    denoiser = module.teachers.video if args.teacher else module.sampling_generator(not args.no_ema).denoiser
-    dataset = LatentCacheDataset(args.cache)
-    picks = torch.linspace(0, len(dataset) - 1, min(args.num, len(dataset))).long().tolist()
-    items = [dataset[i] for i in picks]
-    latents = torch.stack([item["latents"] for item in items])
-    losses = word_swap_losses(
-        denoiser, module.prompt_encoder, latents, [i["captions"] for i in items], args.times
-    )
-    print(markdown(losses))
-    return losses
-
-
-if __name__ == "__main__":
-    main()

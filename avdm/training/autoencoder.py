@@ -19,7 +19,7 @@ from torch import Tensor
 from avdm.errors import ConfigError
 from avdm.models.bundle import ModelBundle
 from avdm.models.denoiser import freeze_
-from avdm.optim import adamw, linear_warmup
+from avdm.training.optim import adamw, linear_warmup
 
 
 class AutoencoderModule(L.LightningModule):
@@ -50,9 +50,9 @@ class AutoencoderModule(L.LightningModule):
         if models.vae is None:
             raise ConfigError("model: the bundle has no VAE to train")
         if frames_per_clip < 1:
-            raise ConfigError(f"autoencoder.frames_per_clip must be >= 1, got {frames_per_clip}")
+            raise ConfigError(f"module.frames_per_clip must be >= 1, got {frames_per_clip}")
         if lr <= 0 or kl_weight < 0:
-            raise ConfigError(f"autoencoder.lr must be > 0 and kl_weight >= 0, got {lr} and {kl_weight}")
+            raise ConfigError(f"module.lr must be > 0 and kl_weight >= 0, got {lr} and {kl_weight}")
         self.vae = models.vae
         self.vae.requires_grad_(True)
         self.scheduler_config = dict(models.scheduler_config)
@@ -106,8 +106,8 @@ class AutoencoderModule(L.LightningModule):
         return float(self.latent_second_moment.rsqrt())
 
     def pipeline_parts(self) -> dict[str, Any]:
-        """What :func:`avdm.export.export_teacher` writes: the trained VAE, with its ``scaling_factor``
-        set, beside the bundle's (untrained) UNet and prompt encoder."""
+        """What :func:`~avdm.training.pipeline_export.export_teacher` writes: the trained VAE, with its
+        ``scaling_factor`` set, beside the bundle's (untrained) UNet and prompt encoder."""
         self.vae.register_to_config(scaling_factor=self.scaling_factor)
         return {
             "model": self.unet,

@@ -1,4 +1,5 @@
-"""The teacher's reference sampler: diffusers schedulers, N steps, classifier-free guidance."""
+"""The teacher's reference sampler: diffusers schedulers, N steps, classifier-free guidance
+(:mod:`avdm.models.sampler_steps`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from avdm.models.denoiser import Denoiser
+from avdm.models.sampler_steps import guided_prediction
 from avdm.models.schedules import FlowMatchingSchedule
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
@@ -18,7 +20,6 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "euler": EulerDiscreteScheduler,
     "flow_euler": FlowMatchEulerDiscreteScheduler,
 }
-CFG_CONVENTIONS = ("standard", "dmd2")
 
 
 def reference_sampler(denoiser: Denoiser) -> tuple[str, int]:
@@ -34,39 +35,6 @@ def make_scheduler(name: str, scheduler_config: dict[str, Any], **overrides: Any
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}")
     return SCHEDULERS[name].from_config({**scheduler_config, **overrides})
-
-
-def classifier_free_guidance(
-    cond: Tensor, uncond: Tensor, scale: float, convention: str = "standard"
-) -> Tensor:
-    """Guided prediction.
-
-    ``standard``: ``uncond + s (cond - uncond)`` (s = 1 is no guidance);
-    ``dmd2``: ``cond + g (cond - uncond)`` (g = 0 is no guidance; equals standard with s = g + 1).
-    """
-    if convention == "standard":
-        return uncond + scale * (cond - uncond)
-    if convention == "dmd2":
-        return cond + scale * (cond - uncond)
-    raise ValueError(f"guidance convention must be one of {CFG_CONVENTIONS}, got {convention!r}")
-
-
-def guided_prediction(
-    denoiser: Denoiser,
-    x_t: Tensor,
-    t: Tensor,
-    text: Tensor,
-    uncond_text: Tensor | None,
-    scale: float,
-    convention: str = "standard",
-) -> Tensor:
-    """Raw prediction with CFG; conditional and unconditional run as one batched forward."""
-    no_guidance = scale == (1.0 if convention == "standard" else 0.0)
-    if uncond_text is None or no_guidance:
-        return denoiser(x_t, t, text)
-    pred = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, uncond_text]))
-    cond, uncond = pred.chunk(2)
-    return classifier_free_guidance(cond, uncond, scale, convention)
 
 
 @torch.no_grad()

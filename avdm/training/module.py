@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -29,7 +30,8 @@ from avdm.models.denoiser import freeze_, trainable_copy
 from avdm.models.execution import enable_gradient_checkpointing, to_channels_last
 from avdm.models.generator import FewStepGenerator, draw_simulation_step
 from avdm.models.vae import encode_pixels
-from avdm.optim import adamw, linear_warmup, param_groups_by_pattern
+from avdm.training.data_counts import BadVideoCounts
+from avdm.training.optim import adamw, linear_warmup, param_groups_by_pattern
 
 FROZEN_PREFIXES = ("teachers.", "prompt_encoder.", "vae.")
 
@@ -146,6 +148,14 @@ class DistillationModule(L.LightningModule):
         self.scheduler_config = dict(models.scheduler_config)
         self.backward_simulation = backward_simulation
         self.critic_every = critic_steps_per_generator_step
+        if self.critic_every > 1 and not self.critic_plugins:
+            # Without a critic, the iterations between generator updates would only consume batches.
+            rank_zero_warn(
+                f"module.critic_steps_per_generator_step={self.critic_every} but no loss plugin has a critic "
+                f"(loss: {', '.join(self.losses)}): every batch updates the generator",
+                stacklevel=2,
+            )
+            self.critic_every = 1
         self.generator_param_groups = [dict(g) for g in generator_param_groups]
         self.critic_lr, self.betas, self.weight_decay = critic_lr, tuple(betas), weight_decay
         self.warmup_steps, self.grad_clip_norm = warmup_steps, grad_clip_norm
@@ -175,6 +185,8 @@ class DistillationModule(L.LightningModule):
         return [name for name, plugin in self.losses.items() if plugin.has_critic]
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+        """The generator's AdamW (groups by name pattern) and one AdamW per critic plugin, in the order of
+        :attr:`optimizer_names`, each with linear warm-up."""
         groups = param_groups_by_pattern(
             self.generator.named_parameters(), self.generator_param_groups, "module.generator_param_groups"
         )
@@ -190,6 +202,18 @@ class DistillationModule(L.LightningModule):
             {"scheduler": linear_warmup(opt, n), "interval": "step"} for opt, n in zip(optimizers, lengths)
         ]
         return optimizers, schedulers
+
+    @property
+    def optimizer_names(self) -> list[str]:
+        """``generator`` and the critic plugins' names, in the order of :meth:`configure_optimizers`."""
+        return ["generator", *self.critic_plugins]
+
+    def _optimizers(self) -> dict[str, tuple[Any, Any]]:
+        """Lightning's (optimizer, LR scheduler) pairs by name (:attr:`optimizer_names`)."""
+        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        return dict(zip(self.optimizer_names, zip(optimizers, schedulers)))
 
     # --- conditioning ------------------------------------------------------------------------
     def with_latents(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -289,91 +313,106 @@ class DistillationModule(L.LightningModule):
         return True, grad_norm
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        schedulers = self.lr_schedulers()
-        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        """One iteration of AVDM2's Algorithm 1: a generator phase every ``critic_steps_per_generator_step``
+        iterations, then a critic phase, both on the same noise ``z`` and backward-simulation step ``k``."""
         k = self._seed_iteration()
         batch = self.with_latents(batch)
         text, uncond = self.encode_text(batch)
         z = torch.randn((text.shape[0], *self.latent_shape), device=self.device)
         # Collected and logged once: every self.log call costs ~0.5 ms of Lightning bookkeeping.
         logs: dict[str, Tensor | float] = {}
-
-        def context(x0: Tensor | None) -> StepContext:
-            return StepContext(
-                x0, text, batch, self.teachers, self.generator, uncond, int(self.generator_steps)
-            )
-
-        x0_fake: Tensor | None = None
+        x0_fake = None
         if self.updates_generator(int(self.iterations)):
-            with self.toggled_optimizer(optimizers[0]):
-                x0_fake = self.generator.simulate(z, text, k).x0 if self.needs_sample else None
-                ctx = context(x0_fake)
-                outputs = {name: plugin.generator_loss(ctx) for name, plugin in self.losses.items()}
-                # What is backpropagated is the weighted total: judged itself, with each term named.
-                total = sum(self.losses[n].weight * o.loss for n, o in outputs.items())
-                terms = {f"loss term {n}": o.loss for n, o in outputs.items()}
-                terms["weighted total"] = total
-                stepped = self._check_finite(terms, "gen")
-                if stepped:
-                    stepped, grad_norm = self._update(
-                        optimizers[0], schedulers[0], total, counted=True, role="generator"
-                    )
-                if stepped:
-                    self.generator_steps += 1
-                    if self.generator_ema is not None:
-                        self.generator_ema.update_parameters(self.generator)
-                    self.consecutive_nonfinite.zero_()
-                    self.log("gen/loss", total.detach(), prog_bar=True, batch_size=text.shape[0])
-                    for name, out in outputs.items():
-                        logs.update({f"gen/{name}/{key}": v for key, v in out.logs.items()})
-                    logs["gen/backward_simulation_k"] = float(k)
-                    if grad_norm is not None:
-                        logs["grad_norm/generator"] = grad_norm
-            x0_fake = None if x0_fake is None else x0_fake.detach()
-
+            x0_fake = self.generator_phase(z, text, uncond, batch, k, logs)
         if self.critic_plugins:
-            if x0_fake is None and self.needs_sample:
-                with torch.no_grad():
-                    x0_fake = self.generator.simulate(z, text, k).x0
-            ctx = context(x0_fake)
-            # One critic at a time: each graph is freed by its backward before the next is built.
-            with _no_grad_params(self.generator):
-                stepped = False
-                for i, name in enumerate(self.critic_plugins, start=1):
-                    out = self.losses[name].critic_loss(ctx)
-                    if not self._check_finite({f"loss of {name}": out.loss}, "critic"):
-                        continue
-                    taken, grad_norm = self._update(
-                        optimizers[i], schedulers[i], out.loss, counted=False, role=f"{name} critic"
-                    )
-                    if taken:
-                        logs.update({f"critic/{name}/{key}": v for key, v in out.logs.items()})
-                        if grad_norm is not None:
-                            logs[f"grad_norm/{name}"] = grad_norm
-                        stepped = True
-                if stepped:
-                    self.critic_steps += 1
+            self.critic_phase(z, text, uncond, batch, k, x0_fake, logs)
         self.iterations += 1
-        logs.update(
-            {
-                "step/generator": self.generator_steps.float(),
-                "step/critic": self.critic_steps.float(),
-                "lr/generator": schedulers[0].get_last_lr()[0],
-                **{f"lr/{n}": s.get_last_lr()[0] for n, s in zip(self.critic_plugins, schedulers[1:])},
-            }
-        )
+        logs["step/generator"] = self.generator_steps.float()
+        logs["step/critic"] = self.critic_steps.float()
+        logs.update({f"lr/{name}": sched.get_last_lr()[0] for name, (_, sched) in self._optimizers().items()})
         self.log_dict(logs, batch_size=text.shape[0])
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Log the data module's count of skipped or repaired videos, per reason (this rank's files)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "bad_video_counts"):
-            counts = datamodule.bad_video_counts()
-            self.log_dict(
-                {f"data/bad_videos/{reason}": float(n) for reason, n in counts.items()}, batch_size=1
-            )
+    def _context(
+        self, x0_fake: Tensor | None, text: Tensor, uncond: Tensor, batch: Mapping[str, Any]
+    ) -> StepContext:
+        return StepContext(
+            x0_fake, text, batch, self.teachers, self.generator, uncond, int(self.generator_steps)
+        )
+
+    def generator_phase(
+        self, z: Tensor, text: Tensor, uncond: Tensor, batch: Mapping[str, Any], k: int, logs: dict[str, Any]
+    ) -> Tensor | None:
+        """Algorithm 1, steps 1-4: update G_theta on ``sum_i lambda_i L_i``; returns the detached sample.
+
+        Backward simulation gives ``x0_fake`` from step ``k`` of the ladder; each plugin's
+        ``after_generator_step`` runs after a taken update (an EMA target, for instance).
+        """
+        optimizer, scheduler = self._optimizers()["generator"]
+        with self.toggled_optimizer(optimizer):
+            x0_fake = self.generator.simulate(z, text, k).x0 if self.needs_sample else None
+            ctx = self._context(x0_fake, text, uncond, batch)
+            outputs = {name: plugin.generator_loss(ctx) for name, plugin in self.losses.items()}
+            # What is backpropagated is the weighted total: judged itself, with each term named.
+            total = sum(self.losses[n].weight * o.loss for n, o in outputs.items())
+            terms = {f"loss term {n}": o.loss for n, o in outputs.items()}
+            terms["weighted total"] = total
+            stepped = self._check_finite(terms, "gen")
+            if stepped:
+                stepped, grad_norm = self._update(optimizer, scheduler, total, counted=True, role="generator")
+            if stepped:
+                self.generator_steps += 1
+                if self.generator_ema is not None:
+                    self.generator_ema.update_parameters(self.generator)
+                for plugin in self.losses.values():
+                    plugin.after_generator_step(ctx)
+                self.consecutive_nonfinite.zero_()
+                self.log("gen/loss", total.detach(), prog_bar=True, batch_size=text.shape[0])
+                for name, out in outputs.items():
+                    logs.update({f"gen/{name}/{key}": v for key, v in out.logs.items()})
+                logs["gen/backward_simulation_k"] = float(k)
+                if grad_norm is not None:
+                    logs["grad_norm/generator"] = grad_norm
+        return None if x0_fake is None else x0_fake.detach()
+
+    def critic_phase(
+        self,
+        z: Tensor,
+        text: Tensor,
+        uncond: Tensor,
+        batch: Mapping[str, Any],
+        k: int,
+        x0_fake: Tensor | None,
+        logs: dict[str, Any],
+    ) -> None:
+        """Algorithm 1, steps 5-6: update each plugin's critic (fake score eq. 2, discriminator head eq. 6)
+        on the detached sample, simulated here without gradient when this iteration had no generator phase."""
+        if x0_fake is None and self.needs_sample:
+            with torch.no_grad():
+                x0_fake = self.generator.simulate(z, text, k).x0
+        ctx = self._context(x0_fake, text, uncond, batch)
+        optimizers = self._optimizers()
+        stepped = False
+        # One critic at a time: each graph is freed by its backward before the next is built.
+        with _no_grad_params(self.generator):
+            for name in self.critic_plugins:
+                out = self.losses[name].critic_loss(ctx)
+                if not self._check_finite({f"loss of {name}": out.loss}, "critic"):
+                    continue
+                optimizer, scheduler = optimizers[name]
+                taken, grad_norm = self._update(
+                    optimizer, scheduler, out.loss, counted=False, role=f"{name} critic"
+                )
+                if taken:
+                    logs.update({f"critic/{name}/{key}": v for key, v in out.logs.items()})
+                    if grad_norm is not None:
+                        logs[f"grad_norm/{name}"] = grad_norm
+                    stepped = True
+        if stepped:
+            self.critic_steps += 1
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The data module's bad-video counts reach the logs (:class:`~.data_counts.BadVideoCounts`)."""
+        return [BadVideoCounts()]
 
     # --- sampling --------------------------------------------------------------------------------
     def sampling_generator(self, use_ema: bool = True) -> FewStepGenerator:
@@ -394,8 +433,9 @@ class DistillationModule(L.LightningModule):
         return generator.sample(z, text, num_steps, generator=rng)
 
     def pipeline_parts(self) -> dict[str, Any]:
-        """The generator (its EMA when kept) as a teacher pipeline, for :func:`avdm.export.export_teacher`
-        (stages of training a teacher with :class:`~avdm.losses.DenoisingLoss`)."""
+        """The generator (its EMA when kept) as a teacher pipeline, for
+        :func:`~avdm.training.pipeline_export.export_teacher` (stages of training a teacher with
+        :class:`~avdm.losses.DenoisingLoss`)."""
         denoiser = self.sampling_generator().denoiser
         return {
             "model": denoiser.model,

@@ -10,9 +10,9 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from torch import Tensor
 
-from avdm.loggers import log_samples
+from avdm.data.visualize import frames_sheet, video_grid, write_mp4
 from avdm.models.vae import decode_latents
-from avdm.visualize import frames_sheet, video_grid, write_mp4
+from avdm.training.loggers import log_samples
 
 DEFAULT_PROMPTS = (
     "a red ball moving left",
@@ -26,7 +26,7 @@ class SampleVideos(L.Callback):
     """Every ``every_n_steps`` generator steps, sample fixed prompts from fixed noise and write an mp4 grid.
 
     The grid goes to ``<output_dir>/samples/step_<N>.mp4``, a PNG sheet of its frames beside it, and
-    both to the loggers that show pictures (:func:`avdm.loggers.log_samples`). When every prompt is a
+    both to the loggers that show pictures (:func:`avdm.training.loggers.log_samples`). When every prompt is a
     shapes caption the samples are also scored (:func:`shapes_sample_scores`: prompt accuracy and motion
     faithfulness read from the pixels), logged as ``samples/*`` and kept in ``scores`` by step.
 
@@ -132,8 +132,8 @@ class ExportTeacher(L.Callback):
     (``model.pretrained.base_model=out_dir``). ``include_vae: false`` leaves out a VAE the teacher reuses
     from another folder (``model.pretrained.vae``).
 
-    Works with any module that has ``pipeline_parts()`` (:class:`~avdm.module.DistillationModule`,
-    :class:`~avdm.autoencoder.AutoencoderModule`).
+    Works with any module that has ``pipeline_parts()`` (:class:`~avdm.training.module.DistillationModule`,
+    :class:`~avdm.training.autoencoder.AutoencoderModule`).
     """
 
     def __init__(self, out_dir: str, include_vae: bool = True) -> None:
@@ -142,7 +142,7 @@ class ExportTeacher(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from avdm.export import export_teacher
+        from avdm.training.pipeline_export import export_teacher
 
         parts = pl_module.pipeline_parts()
         export_teacher(self.out_dir, **parts, include_vae=self.include_vae)

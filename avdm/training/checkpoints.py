@@ -1,4 +1,4 @@
-"""Rebuild a trained :class:`~avdm.module.DistillationModule` from a run directory and one checkpoint.
+"""Rebuild a trained :class:`~avdm.training.module.DistillationModule` from a run directory and a checkpoint.
 
 Checkpoints hold trainable weights only (the frozen teachers are rebuilt from their sources), so
 loading needs the run's config: Hydra saves it as ``<run>/.hydra/config.yaml`` and Lightning writes
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import avdm.config  # noqa: F401  (registers ${avdm_asset:...} used by configs of shipped weights)
-from avdm.checkpoint_io import CheckpointError, read_fitting_checkpoint
 from avdm.models.bundle import ModelBundle
-from avdm.module import DistillationModule
+from avdm.training.build import build_run
+from avdm.training.checkpoint_io import CheckpointError, read_fitting_checkpoint
+from avdm.training.module import DistillationModule
+
+DISTILLATION_TARGET = f"{DistillationModule.__module__}.{DistillationModule.__qualname__}"
 
 
 @dataclass
@@ -53,17 +54,12 @@ def load_run_config(path: str | Path) -> DictConfig:
     assert isinstance(cfg, DictConfig)
     run_dir = path.parent.parent if path.parent.name == ".hydra" else path.parent
     OmegaConf.update(cfg, "paths.output_dir", str(run_dir), force_add=True)
+    # Runs saved before the module became a config node (0.1.0 before the training/ layout): a plain
+    # block of DistillationModule arguments beside an ``autoencoder`` key.
+    if "_target_" not in cfg.get("module", {}):
+        OmegaConf.update(cfg, "module._target_", DISTILLATION_TARGET, force_add=True)
+        cfg.pop("autoencoder", None)
     return cfg
-
-
-def build_module(cfg: DictConfig) -> tuple[ModelBundle, DistillationModule]:
-    """The teacher family and a fresh module, built as ``avdm.train.fit`` builds them."""
-    warnings.filterwarnings("ignore", message=r"Found .* module\(s\) in eval mode")
-    models = instantiate(cfg.model)
-    from avdm.train import build_losses
-
-    module = DistillationModule(models, build_losses(cfg), **cfg.module)
-    return models, module
 
 
 def load_checkpoint_into(module: DistillationModule, ckpt_path: str | Path) -> dict[str, Any]:
@@ -80,7 +76,10 @@ def load_checkpoint_into(module: DistillationModule, ckpt_path: str | Path) -> d
 def load_run(ckpt_path: str | Path, config_path: str | Path | None = None) -> LoadedRun:
     """Rebuild the module of a run from ``ckpt_path`` and the run's saved config; eval mode, CPU."""
     cfg = load_run_config(config_path or run_config_path(ckpt_path))
-    bundle, module = build_module(cfg)
+    warnings.filterwarnings("ignore", message=r"Found .* module\(s\) in eval mode")
+    bundle, module = build_run(cfg)
+    if not isinstance(module, DistillationModule):
+        raise CheckpointError(f"'{ckpt_path}' is a {type(module).__name__} run, not a distilled student")
     checkpoint = load_checkpoint_into(module, ckpt_path)
     module.eval()
     return LoadedRun(cfg, bundle, module, checkpoint)
