@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from avdm.losses import (
+    ConsistencyDistillationLoss,
     DenoisingGANLoss,
     DenoisingLoss,
     DistillationLoss,
@@ -97,6 +98,7 @@ PLUGINS: dict[str, Callable[[], DistillationLoss]] = {
         distance="pseudo_huber", huber_c=0.1, target="final"
     ),
     "trajectory_gan": lambda: TrajectoryGANLoss(feature_layers=["down_blocks.0", "mid_block"], **SMALL_HEAD),
+    "consistency": lambda: ConsistencyDistillationLoss(num_solver_steps=4, guidance_scale=3.0),
 }
 
 
