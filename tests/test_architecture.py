@@ -10,7 +10,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "avdm"
 # Top-level modules that are not command-line entry points: the layer everything may use.
-SHARED = {"avdm", "avdm.config", "avdm.config_schema", "avdm.errors", "avdm.hydra_entry", "avdm.cli"}
+SHARED = {
+    "avdm", "avdm.config", "avdm.config_schema", "avdm.errors", "avdm.hydra_entry", "avdm.cli", "avdm.moved",
+}  # fmt: skip
 # Higher number = higher layer; a module may import its own layer or lower ones only.
 LAYERS = {"entries": 3, "training": 2, "losses": 1, "models": 0, "data": 0, "metrics": 0}
 
@@ -105,3 +107,19 @@ def test_a_run_config_saved_before_the_module_node_loads_as_a_distillation_run(t
     assert cfg.module._target_ == "avdm.training.module.DistillationModule"
     assert cfg.module.critic_lr == 3.0e-5 and "autoencoder" not in cfg
     assert cfg.paths.output_dir == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("avdm.module", "avdm.training.module"), ("avdm.checkpoints", "avdm.training.checkpoints"),
+     ("avdm.visualize", "avdm.data.visualize"), ("avdm.models.teacher_sampling", "avdm.models.sampling")],
+)  # fmt: skip
+def test_moved_module_names_still_import_with_a_deprecation_warning(old: str, new: str) -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+        moved = importlib.import_module(old)
+    assert moved is importlib.import_module(new)
+    assert not (PACKAGE.parent / (old.replace(".", "/") + ".py")).exists(), "no file left at the old path"

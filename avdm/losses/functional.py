@@ -8,6 +8,7 @@ from torch import Tensor
 
 from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser
+from avdm.models.sampler_steps import deterministic_step  # noqa: F401 (moved there)
 
 WEIGHTINGS = ("uniform", "min_snr", "truncated_snr")
 

@@ -26,7 +26,7 @@ from avdm.losses.functional import (
     gan_generator_loss,
 )
 from avdm.models.denoiser import Denoiser
-from avdm.models.feature_discriminator import FeatureDiscriminator
+from avdm.models.feature_discriminator import FeatureDiscriminator, default_feature_layers, probe_inputs  # noqa: F401 (moved there)
 
 
 class FeatureGANLoss(DistillationLoss):

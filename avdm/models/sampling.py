@@ -12,7 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from avdm.models.denoiser import Denoiser
-from avdm.models.sampler_steps import guided_prediction
+from avdm.models.sampler_steps import CFG_CONVENTIONS, classifier_free_guidance, guided_prediction  # noqa: F401
 from avdm.models.schedules import FlowMatchingSchedule
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
