@@ -17,6 +17,7 @@ BENCHMARKS = (
     "benchmarks.bench_switches",
     "benchmarks.bench_inference",
     "benchmarks.bench_precision",
+    "benchmarks.bench_lora",
 )
 
 

@@ -9,10 +9,11 @@ They differ only in the teacher role and in which frames they look at.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext, TeacherBank
 from avdm.losses.functional import (
@@ -25,6 +26,7 @@ from avdm.losses.functional import (
     sdm_surrogate,
 )
 from avdm.models.denoiser import Denoiser, trainable_copy
+from avdm.models.lora import AdapterDenoiser, adapter_names, add_lora
 from avdm.models.sampler_steps import CFG_CONVENTIONS, guided_prediction
 
 
@@ -55,6 +57,8 @@ class ScoreDistillationLoss(DistillationLoss):
         norm_eps: added to ``mean|x0 - x0_real_hat|`` in ``w(t)``.
         fake_score_weighting: ``uniform``, ``min_snr`` or ``truncated_snr`` weighting of the fake
             score's eq. 2.
+        fake_score_lora: ``{rank, alpha, target_modules}``: the fake score is the teacher's network plus a
+            LoRA adapter (:mod:`avdm.models.lora`), no copy; ``None``: a full trainable copy.
     """
 
     TEACHER_ROLES = ("image", "video")
@@ -71,6 +75,7 @@ class ScoreDistillationLoss(DistillationLoss):
         reduction: str = "mean",
         norm_eps: float = 1e-6,
         fake_score_weighting: str = "uniform",
+        fake_score_lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(weight)
         check_choice("teacher", teacher, self.TEACHER_ROLES)
@@ -90,6 +95,7 @@ class ScoreDistillationLoss(DistillationLoss):
         self.reduction = reduction
         self.norm_eps = float(norm_eps)
         self.fake_score_weighting = fake_score_weighting
+        self.fake_score_lora = dict(fake_score_lora) if fake_score_lora is not None else None
         self.fake_score: Denoiser | None = None
 
     def _teacher(self, teachers: TeacherBank) -> Denoiser:
@@ -101,8 +107,27 @@ class ScoreDistillationLoss(DistillationLoss):
         return teacher
 
     def bind(self, teachers: TeacherBank) -> None:
-        """Build the fake score ``eps_psi`` as a trainable copy of the real-score teacher."""
-        self.fake_score = trainable_copy(self._teacher(teachers))
+        """Build the fake score ``eps_psi``: a trainable copy of the real-score teacher or, with
+        ``fake_score_lora``, the teacher's own network plus a LoRA adapter of its own."""
+        teacher = self._teacher(teachers)
+        if self.fake_score_lora is None:
+            self.fake_score = trainable_copy(teacher)
+            return
+        name = f"fake_score_{self.teacher_role}"
+        taken = adapter_names(teacher.model)
+        name = next(
+            f"{name}_{i}" if i else name
+            for i in range(len(taken) + 1)
+            if (f"{name}_{i}" if i else name) not in taken
+        )
+        add_lora(teacher.model, name, self.fake_score_lora, key="fake_score_lora")
+        self.fake_score = AdapterDenoiser(teacher, name)
+
+    def critic_parameters(self) -> Iterator[nn.Parameter]:
+        """The fake score's parameters (its adapter's only, with ``fake_score_lora``)."""
+        if isinstance(self.fake_score, AdapterDenoiser):
+            return (p for _, p in self.fake_score.trainable_parameters())
+        return super().critic_parameters()
 
     def _fake_score(self) -> Denoiser:
         if self.fake_score is None:

@@ -26,9 +26,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from avdm.errors import AvdmUserError, ConfigError
 from avdm.losses.base import DistillationLoss, StepContext, TeacherBank
 from avdm.models.bundle import DTYPES, ModelBundle
-from avdm.models.denoiser import freeze_, trainable_copy
+from avdm.models.denoiser import Denoiser, freeze_, trainable_copy
 from avdm.models.execution import enable_gradient_checkpointing, to_channels_last
 from avdm.models.generator import FewStepGenerator, draw_simulation_step
+from avdm.models.lora import AdapterDenoiser, add_lora, merged_network
 from avdm.models.vae import encode_pixels
 from avdm.training.data_counts import BadVideoCounts
 from avdm.training.optim import adamw, linear_warmup, param_groups_by_pattern
@@ -45,9 +46,9 @@ class NonFiniteWeightsError(AvdmUserError):
 
 
 @contextmanager
-def _no_grad_params(module: nn.Module) -> Iterator[None]:
-    """Temporarily turn off ``requires_grad`` on every trainable parameter of ``module``."""
-    params = [p for p in module.parameters() if p.requires_grad]
+def _no_grad_params(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Temporarily turn off ``requires_grad`` on ``params`` (those of them that are trainable)."""
+    params = [p for p in params if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
@@ -81,6 +82,9 @@ class DistillationModule(L.LightningModule):
         gradient_checkpointing: recompute activations inside every UNet block in the backward pass
             (less memory, about one more forward); loss values are unchanged.
         channels_last: keep 4-D weights in channels-last layout; loss values are unchanged.
+        generator_lora: ``{rank, alpha, target_modules}``: the generator is the frozen video teacher plus a
+            ``generator`` LoRA adapter (:mod:`avdm.models.lora`) instead of a full trainable copy; ``None``:
+            the full copy (the paper's setting).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class DistillationModule(L.LightningModule):
         ema_decay: float | None = None,
         gradient_checkpointing: bool = False,
         channels_last: bool = False,
+        generator_lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not losses:
@@ -117,9 +122,19 @@ class DistillationModule(L.LightningModule):
         for frozen in (self.teachers, self.prompt_encoder, self.vae):
             if frozen is not None:
                 freeze_(frozen)
-        self.generator = FewStepGenerator(
-            trainable_copy(models.video_teacher), generator_timesteps, generator_renoise
-        )
+        if generator_lora is not None:
+            for name, value in (("ema_decay", ema_decay), ("gradient_checkpointing", gradient_checkpointing)):
+                if value:
+                    raise ConfigError(
+                        f"module.{name}={value} cannot be combined with module.generator_lora (the adapter "
+                        "roles share one network: an EMA would copy it, recomputed activations would run "
+                        "under another role's adapter); set it to null / false"
+                    )
+            add_lora(models.video_teacher.model, "generator", generator_lora, key="module.generator_lora")
+            student: Denoiser = AdapterDenoiser(models.video_teacher, "generator")
+        else:
+            student = trainable_copy(models.video_teacher)
+        self.generator = FewStepGenerator(student, generator_timesteps, generator_renoise)
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"module.ema_decay must be in (0, 1) or null, got {ema_decay}")
         self.generator_ema = (
@@ -139,6 +154,9 @@ class DistillationModule(L.LightningModule):
             for frozen in (self.teachers, self.prompt_encoder, self.vae):
                 if frozen is not None:
                     frozen.to(DTYPES[self.teacher_dtype])
+            for name, p in self.named_parameters():  # LoRA adapters live inside the frozen base
+                if "lora_" in name:
+                    p.data = p.data.float()
         if gradient_checkpointing:
             enable_gradient_checkpointing(self)
         if channels_last:
@@ -184,11 +202,18 @@ class DistillationModule(L.LightningModule):
     def critic_plugins(self) -> list[str]:
         return [name for name, plugin in self.losses.items() if plugin.has_critic]
 
+    def generator_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The generator's own trainable parameters: its adapter's with ``generator_lora``, else all."""
+        denoiser = self.generator.denoiser
+        if isinstance(denoiser, AdapterDenoiser):
+            return list(denoiser.trainable_parameters())
+        return [(n, p) for n, p in self.generator.named_parameters() if p.requires_grad]
+
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
         """The generator's AdamW (groups by name pattern) and one AdamW per critic plugin, in the order of
         :attr:`optimizer_names`, each with linear warm-up."""
         groups = param_groups_by_pattern(
-            self.generator.named_parameters(), self.generator_param_groups, "module.generator_param_groups"
+            self.generator_named_parameters(), self.generator_param_groups, "module.generator_param_groups"
         )
         optimizers = [adamw(groups, lr=groups[0]["lr"], betas=self.betas, weight_decay=self.weight_decay)]
         for name in self.critic_plugins:
@@ -393,7 +418,7 @@ class DistillationModule(L.LightningModule):
         optimizers = self._optimizers()
         stepped = False
         # One critic at a time: each graph is freed by its backward before the next is built.
-        with _no_grad_params(self.generator):
+        with _no_grad_params([p for _, p in self.generator_named_parameters()]):
             for name in self.critic_plugins:
                 out = self.losses[name].critic_loss(ctx)
                 if not self._check_finite({f"loss of {name}": out.loss}, "critic"):
@@ -438,7 +463,7 @@ class DistillationModule(L.LightningModule):
         :class:`~avdm.losses.DenoisingLoss`)."""
         denoiser = self.sampling_generator().denoiser
         return {
-            "model": denoiser.model,
+            "model": merged_network(denoiser),
             "vae": self.vae,
             "prompt_encoder": self.prompt_encoder,
             "scheduler_config": self.scheduler_config,
@@ -452,12 +477,20 @@ class DistillationModule(L.LightningModule):
         }
 
     # --- checkpoints: trainable weights only, plus where the frozen teachers came from ---------------
+    def _frozen_keys(self, state: Mapping[str, Tensor]) -> list[str]:
+        """Keys of the frozen roles, and of every other entry that is one of their tensors (the base
+        weights a LoRA generator or fake score runs on)."""
+        frozen = [k for k in state if k.startswith(FROZEN_PREFIXES) and "lora_" not in k]  # adapters train
+        storages = {state[k].untyped_storage().data_ptr() for k in frozen}
+        shared = [k for k in state if k not in frozen and state[k].untyped_storage().data_ptr() in storages]
+        return frozen + shared
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
-            del state[key]
+        for key in self._frozen_keys(self.state_dict()):
+            state.pop(key, None)
         checkpoint["avdm_teacher_sources"] = self.sources
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)}
-        checkpoint["state_dict"].update(frozen)
+        own = self.state_dict()
+        checkpoint["state_dict"].update({k: own[k] for k in self._frozen_keys(own)})

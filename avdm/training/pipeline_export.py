@@ -40,6 +40,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from avdm.errors import AvdmUserError
 from avdm.models.bundle import PromptEncoder
 from avdm.models.generator import FewStepGenerator
+from avdm.models.lora import merged_network
 from avdm.models.schedules import DDPMSchedule, FlowMatchingSchedule
 from avdm.models.wan import vae_factors
 from avdm.training.module import DistillationModule
@@ -364,7 +365,9 @@ def export_student(module: DistillationModule, out_dir: str | Path, use_ema: boo
         "num_frames": pixel_frames(module),
         "resolution": pixel_size(module),
     }
-    write_pipeline(out, generator.denoiser.model, module.vae, module.prompt_encoder, scheduler, info)
+    write_pipeline(
+        out, merged_network(generator.denoiser), module.vae, module.prompt_encoder, scheduler, info
+    )
     note = "The student samples without classifier-free guidance: use `guidance_scale=1.0`."
     write_model_card(out, _readme(ladder, call, name, note, info), info)
     return out
@@ -428,7 +431,7 @@ def export_flow_student(module: DistillationModule, out_dir: str | Path, use_ema
         "num_frames": pixel_frames(module),
         "resolution": pixel_size(module),
     }
-    write_flow_folder(out, denoiser.model, module.prompt_encoder, scheduler, info, module.vae)
+    write_flow_folder(out, merged_network(denoiser), module.prompt_encoder, scheduler, info, module.vae)
     text_class = type(module.prompt_encoder.text_encoder).__name__
     write_model_card(out, _flow_readme(info, type(module.vae).__name__, text_class), info)
     return out

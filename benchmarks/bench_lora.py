@@ -1,0 +1,153 @@
+"""What LoRA roles save: bytes of frozen weights, trainable weights, gradients and AdamW state.
+
+Three setups of the AVDM2 run (2D SDM + denoising GAN): full trainable copies of the teacher for the
+generator and the fake score (the paper's setting), a LoRA generator (``module.generator_lora``), and a LoRA
+generator plus a LoRA fake score (``loss.sdm.fake_score_lora``), all on one frozen base.
+
+* measured on the shipped shapes teacher (``avdm2_shapes``): the module built from the config, bytes of its
+  distinct storages (shared weights once), gradients = the trainable bytes in float32, AdamW = two float32
+  moments per trainable parameter;
+* computed for the real shapes of SD1.5 + the AnimateDiff v1.5 motion adapter, Wan2.1-1.3B and Wan2.1-14B:
+  the denoisers built on the meta device (no weights), the adapters injected by the same code, GB per GPU
+  at bf16 frozen weights and float32 trainable weights + AdamW state (activations not included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RANK = 16
+SETUPS = {
+    "full copies": [],
+    "LoRA generator": [f"module.generator_lora={{rank:{RANK},alpha:{RANK}}}"],
+    "LoRA generator + LoRA fake score": [
+        f"module.generator_lora={{rank:{RANK},alpha:{RANK}}}",
+        f"loss.sdm.fake_score_lora={{rank:{RANK},alpha:{RANK}}}",
+    ],
+}
+
+
+def _bytes(params: list[nn.Parameter], element_size: int | None = None) -> int:
+    seen, total = set(), 0
+    for p in params:
+        if p.untyped_storage().data_ptr() not in seen:
+            seen.add(p.untyped_storage().data_ptr())
+            total += p.numel() * (element_size or p.element_size())
+    return total
+
+
+def measure(overrides: list[str]) -> dict[str, float]:
+    from hydra import compose, initialize_config_dir
+
+    from avdm.config import CONFIG_DIR
+    from avdm.training.build import build_module
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=avdm2_shapes", "paths.output_dir=/tmp/b", *overrides])
+    module = build_module(cfg)
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    mb = 2**20
+    return {
+        "frozen_mb": _bytes(frozen) / mb,
+        "trainable_mb": _bytes(trainable) / mb,
+        "gradients_mb": _bytes(trainable, 4) / mb,
+        "adamw_state_mb": 2 * _bytes(trainable, 4) / mb,
+    }
+
+
+def _sd15_motion_unet() -> nn.Module:
+    from diffusers import UNetMotionModel
+
+    # diffusers' defaults are SD1.5's UNet with the v1.5 motion modules (1.31 B parameters)
+    return UNetMotionModel(cross_attention_dim=768)
+
+
+def _wan(heads: int, ffn: int, layers: int) -> nn.Module:
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        num_attention_heads=heads, attention_head_dim=128, ffn_dim=ffn, num_layers=layers, in_channels=16,
+        out_channels=16, text_dim=4096, freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+    )  # fmt: skip
+
+
+REAL = {
+    "SD1.5 + AnimateDiff v1.5 motion adapter": _sd15_motion_unet,
+    "Wan2.1 1.3B": lambda: _wan(12, 8960, 30),
+    "Wan2.1 14B": lambda: _wan(40, 13824, 40),
+}
+
+
+def computed(build: Any) -> dict[str, float]:
+    """GB per GPU: a bf16 frozen base; float32 trainable weights, gradients and two AdamW moments."""
+    from accelerate import init_empty_weights
+
+    from avdm.models.lora import add_lora
+
+    with init_empty_weights():
+        model = build()
+        base = sum(p.numel() for p in model.parameters())
+        lora = sum(p.numel() for p in add_lora(model, "generator", {"rank": RANK}))
+    per_trainable = 4 + 4 + 8  # weight, gradient, two AdamW moments (float32)
+    rows = {"base_params": base, "lora_params_per_role": lora}
+    for name, trainable in (
+        ("full copies", 2 * base),
+        ("LoRA generator", base + lora),
+        ("LoRA both", 2 * lora),
+    ):
+        rows[f"{name}_gb"] = (base * 2 + trainable * per_trainable) / 1e9
+    rows["state_beyond_base_fraction_lora_both"] = 2 * lora * per_trainable / (base * 2)
+    return rows
+
+
+def run(out_dir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "rank": RANK,
+        "measured_avdm2_shapes": {name: measure(o) for name, o in SETUPS.items()},
+        "computed": {name: computed(build) for name, build in REAL.items()},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "lora.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"# LoRA roles (rank {RANK}): training state beyond the frozen base",
+        "",
+        "Measured on the shipped shapes teacher (`+experiment=avdm2_shapes`, float32 teacher):",
+        "",
+        "| setup | frozen MB | trainable MB | gradients MB | AdamW state MB | trainable + grads + AdamW MB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in result["measured_avdm2_shapes"].items():
+        state = r["trainable_mb"] + r["gradients_mb"] + r["adamw_state_mb"]
+        lines.append(
+            f"| {name} | {r['frozen_mb']:.1f} | {r['trainable_mb']:.2f} | {r['gradients_mb']:.2f} | "
+            f"{r['adamw_state_mb']:.2f} | {state:.2f} |"
+        )
+    lines += [
+        "",
+        "Computed for real denoisers (built on the meta device; bf16 frozen base, float32 trainable weights,",
+        "gradients and AdamW moments; activations, text encoder and VAE not included), GB per GPU:",
+        "",
+        "| denoiser | parameters | LoRA parameters per role | full copies GB | LoRA generator GB "
+        "| LoRA both GB | state beyond the base, LoRA both |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in result["computed"].items():
+        lines.append(
+            f"| {name} | {r['base_params'] / 1e9:.2f} B | {r['lora_params_per_role'] / 1e6:.1f} M | "
+            f"{r['full copies_gb']:.1f} | {r['LoRA generator_gb']:.1f} | {r['LoRA both_gb']:.1f} | "
+            f"{100 * r['state_beyond_base_fraction_lora_both']:.1f} % |"
+        )
+    (out_dir / "lora.md").write_text("\n".join(lines) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(Path(__file__).parent / "results"), indent=2))
