@@ -25,16 +25,18 @@ demo:  ## the main job: distill a 4-step student from the shipped shapes teacher
 	$(PYTHON) -m avdm.train +experiment=avdm2_shapes
 
 EVAL_DIR ?= outputs/demo_eval
-demo-eval:  ## the README's results table: trains 4 students, compares them with the teacher (~60 min)
+demo-eval:  ## the README's results table: trains 5 students, compares them with the teacher (~75 min)
 	$(PYTHON) -m avdm.train +experiment=avdm2_shapes hydra.run.dir=$(EVAL_DIR)/sdm_gan
 	$(PYTHON) -m avdm.train +experiment=avdm2_shapes_gan_only hydra.run.dir=$(EVAL_DIR)/gan_only
 	$(PYTHON) -m avdm.train +experiment=avdm2_shapes_video_sdm hydra.run.dir=$(EVAL_DIR)/video_sdm_gan
 	$(PYTHON) -m avdm.train +experiment=lcm_shapes hydra.run.dir=$(EVAL_DIR)/lcm
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes_lora hydra.run.dir=$(EVAL_DIR)/lora
 	$(PYTHON) -m avdm.compare --out $(EVAL_DIR)/results \
 	  --student "2D SDM + GAN=$(EVAL_DIR)/sdm_gan/checkpoints/last.ckpt" \
 	  --student "GAN only=$(EVAL_DIR)/gan_only/checkpoints/last.ckpt" \
 	  --student "video SDM + GAN=$(EVAL_DIR)/video_sdm_gan/checkpoints/last.ckpt" \
-	  --student "consistency distillation (LCM)=$(EVAL_DIR)/lcm/checkpoints/last.ckpt"
+	  --student "consistency distillation (LCM)=$(EVAL_DIR)/lcm/checkpoints/last.ckpt" \
+	  --student "2D SDM + GAN, LoRA generator + fake score (rank 16)=$(EVAL_DIR)/lora/checkpoints/last.ckpt"
 
 FLOW_EVAL_DIR ?= outputs/demo_eval_flow
 demo-eval-flow: synvid-shapes  ## one table, both teachers: AVDM2 on each, AccVideo on the flow teacher (~35 min)
