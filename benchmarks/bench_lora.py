@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from avdm.models.denoiser import parameter_bytes
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RANK = 16
@@ -32,15 +34,6 @@ SETUPS = {
         f"loss.sdm.fake_score_lora={{rank:{RANK},alpha:{RANK}}}",
     ],
 }
-
-
-def _bytes(params: list[nn.Parameter], element_size: int | None = None) -> int:
-    seen, total = set(), 0
-    for p in params:
-        if p.untyped_storage().data_ptr() not in seen:
-            seen.add(p.untyped_storage().data_ptr())
-            total += p.numel() * (element_size or p.element_size())
-    return total
 
 
 def measure(overrides: list[str]) -> dict[str, float]:
@@ -56,10 +49,10 @@ def measure(overrides: list[str]) -> dict[str, float]:
     trainable = [p for p in module.parameters() if p.requires_grad]
     mb = 2**20
     return {
-        "frozen_mb": _bytes(frozen) / mb,
-        "trainable_mb": _bytes(trainable) / mb,
-        "gradients_mb": _bytes(trainable, 4) / mb,
-        "adamw_state_mb": 2 * _bytes(trainable, 4) / mb,
+        "frozen_mb": parameter_bytes(frozen) / mb,
+        "trainable_mb": parameter_bytes(trainable) / mb,
+        "gradients_mb": parameter_bytes(trainable, 4) / mb,
+        "adamw_state_mb": 2 * parameter_bytes(trainable, 4) / mb,
     }
 
 

@@ -42,19 +42,11 @@ from typing import Any
 
 import torch
 
+from avdm.models.denoiser import parameter_bytes
 from benchmarks.timing import IterationClock, quiet_trainer
 from benchmarks.timing import timed_median as _timed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _bytes(params: Any) -> int:
-    seen, total = set(), 0
-    for p in params:
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
 
 
 def pass_times(module, batch: dict, repeats: int) -> dict[str, float]:  # noqa: ANN001
@@ -205,16 +197,16 @@ def run(out_dir: Path, generator_steps: int = 8, repeats: int = 5) -> dict[str, 
     required_total = sum(sum(required(passes, k, g)) for g, k, _ in timed)
 
     trainable = {
-        "generator": _bytes(module.generator.parameters()),
-        "fake_2d_score": _bytes(module.losses["sdm"].critic_parameters()),
-        "disc_head": _bytes(module.losses["gan"].critic_parameters()),
+        "generator": parameter_bytes(module.generator.parameters()),
+        "fake_2d_score": parameter_bytes(module.losses["sdm"].critic_parameters()),
+        "disc_head": parameter_bytes(module.losses["gan"].critic_parameters()),
     }
     frozen = {
-        "teacher (video + 2D + discriminator encoder, shared)": _bytes(module.teachers.parameters()),
-        "vae": _bytes(module.vae.parameters()),
-        "text_encoder": _bytes(module.prompt_encoder.parameters()),
+        "teacher (video + 2D + discriminator encoder, shared)": parameter_bytes(module.teachers.parameters()),
+        "vae": parameter_bytes(module.vae.parameters()),
+        "text_encoder": parameter_bytes(module.prompt_encoder.parameters()),
     }
-    teacher_bytes = _bytes(module.teachers.video.parameters())
+    teacher_bytes = parameter_bytes(module.teachers.video.parameters())
     trainable_total = sum(trainable.values())
     memory = {
         "trainable_weights_mb": trainable_total / 2**20,

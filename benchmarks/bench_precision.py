@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
+from avdm.models.denoiser import parameter_bytes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -24,15 +24,6 @@ REAL_TEACHERS = {
     "Wan2.1 1.3B": 1.3e9,
     "Wan2.1 14B": 14e9,
 }
-
-
-def _bytes(params: list[torch.nn.Parameter]) -> int:
-    seen, total = set(), 0
-    for p in params:
-        if p.untyped_storage().data_ptr() not in seen:
-            seen.add(p.untyped_storage().data_ptr())
-            total += p.numel() * p.element_size()
-    return total
 
 
 def measure(experiment: str, dtype: str) -> dict[str, float]:
@@ -53,13 +44,13 @@ def measure(experiment: str, dtype: str) -> dict[str, float]:
     module = build_module(cfg)
     frozen = [p for p in module.parameters() if not p.requires_grad]
     trainable = [p for p in module.parameters() if p.requires_grad]
-    trainable_bytes = _bytes(trainable)
+    trainable_bytes = parameter_bytes(trainable)
     adam = 2 * sum(p.numel() * 4 for p in trainable)
     return {
-        "frozen_mb": _bytes(frozen) / 2**20,
+        "frozen_mb": parameter_bytes(frozen) / 2**20,
         "trainable_mb": trainable_bytes / 2**20,
         "adamw_state_mb": adam / 2**20,
-        "total_mb": (_bytes(frozen) + trainable_bytes + adam) / 2**20,
+        "total_mb": (parameter_bytes(frozen) + trainable_bytes + adam) / 2**20,
     }
 
 

@@ -187,3 +187,13 @@ def test_merged_network_is_the_student_as_a_plain_diffusers_model():
 def test_bad_lora_settings_are_one_line_naming_the_key(settings, message):
     with pytest.raises(ConfigError, match=message):
         DistillationModule(_bundle(), {"sdm": FrameSDMLoss(num_frames=2)}, generator_lora=settings)
+
+
+def test_an_adapter_view_reads_the_base_views_attributes():
+    """Export reads view attributes such as a transformer's coordinate ``position`` channels."""
+    module = _module()
+    generator, teacher = module.generator.denoiser, module.teachers.video
+    teacher.position = ("frame", "y")  # as a Wan view with coordinate channels has
+    assert generator.position == ("frame", "y") and generator.schedule is teacher.schedule
+    with pytest.raises(AttributeError):
+        _ = generator.no_such_attribute

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from einops import rearrange
@@ -243,3 +243,10 @@ def trainable_copy(denoiser: Denoiser) -> Denoiser:
 def count_parameter_storage(*modules: nn.Module) -> int:
     """Number of distinct parameter storages across ``modules`` (shared weights count once)."""
     return len({p.untyped_storage().data_ptr() for m in modules for p in m.parameters()})
+
+
+def parameter_bytes(params: Iterable[nn.Parameter], element_size: int | None = None) -> int:
+    """Bytes of the distinct storages of ``params`` (shared weights count once); ``element_size``: count
+    each element as that many bytes instead of its dtype's (e.g. 4 for float32 gradients or AdamW moments)."""
+    storages = {p.untyped_storage().data_ptr(): p for p in params}
+    return sum(p.numel() * (element_size or p.element_size()) for p in storages.values())

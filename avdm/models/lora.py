@@ -77,7 +77,7 @@ def add_lora(
         raise ConfigError(f"{key}.target_modules={list(target_modules)}: {err}") from None
     for p, flag in flags.items():
         p.requires_grad_(flag)
-    params = [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
+    params = [p for _, p in adapter_parameters(model, name)]
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
@@ -91,14 +91,14 @@ def adapter_active(model: nn.Module, name: str) -> Iterator[None]:
     """Run the block with adapter ``name`` on (and only it), then every adapter off again."""
     layers = _tuner_layers(model)
     flags = {p: p.requires_grad for layer in layers for p in layer.parameters()}
-    previous = [(layer.active_adapters, layer.disable_adapters) for layer in layers]
+    previous = [layer.active_adapters for layer in layers]
     for layer in layers:
         layer.set_adapter(name)
         layer._disable_adapters = False
     try:
         yield
     finally:
-        for layer, (active, _) in zip(layers, previous):
+        for layer, active in zip(layers, previous):
             layer.set_adapter(active)
             layer._disable_adapters = True
         for p, flag in flags.items():
@@ -140,6 +140,17 @@ class AdapterDenoiser(Denoiser):
         super().__init__(base.model, base.schedule)
         self.base = base
         self.adapter = adapter
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes of the base view that are not modules or tensors (a transformer view's coordinate
+        ``position`` channels, read by export) are this view's too."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__["_modules"].get("base")
+            if base is None:
+                raise
+            return getattr(base, name)
 
     def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
         return self.base._call_model(x_t, timestep, text)

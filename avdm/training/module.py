@@ -487,8 +487,8 @@ class DistillationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        for key in self._frozen_keys(self.state_dict()):
-            state.pop(key, None)
+        for key in self._frozen_keys(state):
+            del state[key]
         checkpoint["avdm_teacher_sources"] = self.sources
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
