@@ -334,3 +334,91 @@ def test_export_has_a_model_card_with_the_trained_sizes_and_portable_sources(tin
     )
     out = _run_without_avdm("import sys\n" + script, folder, {}, tmp_path)
     assert out["shape"] == [f, height, width, 3]
+
+
+# Runs in a clean interpreter that never imports avdm: the teacher's own diffusers class plus
+# `pipe.load_lora_weights(STUDENT/lora)`, on the network inputs avdm gave its generator.
+PLAIN_LORA = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from diffusers import AnimateDiffPipeline, WanPipeline, WanTransformer3DModel
+
+    teacher, inputs, out = sys.argv[1:4]
+    data = torch.load(inputs)
+    if data["flow"]:
+        transformer = WanTransformer3DModel.from_pretrained(teacher, subfolder="transformer")
+        parts = dict(vae=None, text_encoder=None, tokenizer=None, scheduler=None)  # only the transformer runs
+        pipe = WanPipeline(transformer=transformer, **parts)
+        network = pipe.transformer
+    else:
+        pipe = AnimateDiffPipeline.from_pretrained(teacher)
+        network = pipe.unet
+    pipe.load_lora_weights(data["lora"])
+    with torch.no_grad():
+        y = network(data["x"], data["t"], encoder_hidden_states=data["text"]).sample
+    assert "avdm" not in sys.modules, "the LoRA must load without avdm"
+    torch.save({"y": y}, out)
+    """
+)
+
+
+def _tiny_wan():
+    from avdm.models.wan import build_wan
+
+    return build_wan(
+        source="tiny",
+        num_frames=4,
+        resolution=16,
+        position=["frame", "y", "x"],
+        tiny={"transformer": {"num_attention_heads": 2, "attention_head_dim": 8, "ffn_dim": 32}},
+    )
+
+
+@pytest.mark.parametrize("family", ["animatediff", "wan"])
+def test_a_lora_student_exports_lora_weights_that_plain_diffusers_loads(tmp_path, family):
+    """``pipe.load_lora_weights(STUDENT/lora)`` on the teacher's pipeline is the student's network (the
+    adapter's alpha != rank, so a dropped scale would show)."""
+    from avdm.export import export_student, export_teacher
+    from avdm.models.animatediff import build_animatediff
+    from avdm.models.lora import adapter_active
+    from tests.conftest import TINY_UNET
+
+    torch.manual_seed(0)
+    if family == "wan":
+        bundle = _tiny_wan()
+    else:
+        bundle = build_animatediff(source="tiny", num_frames=4, resolution=32, tiny={"unet": TINY_UNET})
+    network = bundle.video_teacher.model
+    teacher = export_teacher(
+        tmp_path / "teacher", network, bundle.vae, bundle.prompt_encoder, bundle.scheduler_config
+    )
+    module = DistillationModule(
+        bundle, {"denoising": DenoisingLoss()}, generator_lora={"rank": 4, "alpha": 8}
+    ).eval()
+    generator = module.generator.denoiser
+    with torch.no_grad():
+        for _, p in generator.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    folder = export_student(module, tmp_path / "student")
+    info = json.loads((folder / "avdm_export.json").read_text())
+    assert info["lora"]["rank"] == 4 and info["lora"]["alpha"] == 8
+    assert (folder / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert "pipe.load_lora_weights(" in (folder / "README.md").read_text()
+
+    torch.manual_seed(5)
+    c, f, h, w = module.latent_shape
+    extra = len(info.get("position_channels", []))
+    x = torch.randn(2, c + extra, f, h, w)
+    t = torch.tensor([300, 800])
+    text = module.prompt_encoder(PROMPTS)
+    if family == "animatediff":
+        text = text.repeat_interleave(f, dim=0)  # UNetMotionModel folds frames into the batch
+    with torch.no_grad(), adapter_active(network, generator.adapter):
+        ours = network(x, t, encoder_hidden_states=text).sample
+    with torch.no_grad():
+        base = network(x, t, encoder_hidden_states=text).sample
+    inputs = {"flow": family == "wan", "lora": str(folder / "lora"), "x": x, "t": t, "text": text}
+    plain = _run_without_avdm(PLAIN_LORA, teacher, inputs, tmp_path)
+    assert (ours - base).abs().max() > 100 * ATOL, "the adapter changes the network"
+    torch.testing.assert_close(plain["y"], ours, atol=ATOL, rtol=0)

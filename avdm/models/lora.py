@@ -112,6 +112,37 @@ def adapter_parameters(model: nn.Module, name: str) -> Iterator[tuple[str, nn.Pa
             yield param_name, p
 
 
+def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
+    """Adapter ``name``'s weights under peft's saved names (``...to_q.lora_A.weight``: the adapter name
+    dropped), the form diffusers' ``save_lora_weights`` / ``load_lora_weights`` use. peft's own
+    ``get_peft_model_state_dict`` is not used: with ``bias="none"`` it returns every adapter's weights of a
+    network that holds several (here: the generator's and the fake score's)."""
+    return {n.replace(f".{name}.", "."): p.detach().clone() for n, p in adapter_parameters(model, name)}
+
+
+def adapter_config(model: nn.Module, name: str) -> dict[str, Any]:
+    """Adapter ``name``'s ``LoraConfig`` fields (``r``, ``lora_alpha``, ``target_modules``: the adapted
+    modules' full names), read from its layers; diffusers stores it beside saved LoRA weights."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    found = [
+        (module_name, layer)
+        for module_name, layer in model.named_modules()
+        if isinstance(layer, BaseTunerLayer) and name in layer.lora_A  # type: ignore[attr-defined]
+    ]
+    if not found:
+        raise ValueError(f"the network has no adapter named {name!r}")
+    ranks = {layer.r[name] for _, layer in found}
+    alphas = {layer.lora_alpha[name] for _, layer in found}
+    if len(ranks) != 1 or len(alphas) != 1:
+        raise ValueError(f"adapter {name!r} has per-layer ranks {ranks} / alphas {alphas}")
+    return {
+        "r": ranks.pop(),
+        "lora_alpha": alphas.pop(),
+        "target_modules": sorted(module_name for module_name, _ in found),
+    }
+
+
 def merged_network(denoiser: Denoiser) -> nn.Module:
     """The network a denoiser runs, as a plain module: for an :class:`AdapterDenoiser`, a copy of the base
     with its adapter merged into the weights (``W + alpha / r B A``) and every LoRA layer removed, so it

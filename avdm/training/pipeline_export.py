@@ -40,7 +40,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from avdm.errors import AvdmUserError
 from avdm.models.bundle import PromptEncoder
 from avdm.models.generator import FewStepGenerator
-from avdm.models.lora import merged_network
+from avdm.models.lora import AdapterDenoiser, adapter_config, adapter_state_dict, merged_network
 from avdm.models.schedules import DDPMSchedule, FlowMatchingSchedule
 from avdm.models.wan import vae_factors
 from avdm.training.module import DistillationModule
@@ -333,6 +333,69 @@ def write_flow_folder(
     return out
 
 
+LORA_FOLDER = "lora"
+
+
+def write_lora_weights(out: Path, denoiser: AdapterDenoiser, flow: bool) -> dict[str, Any]:
+    """Write a LoRA student's adapter to ``out/lora/pytorch_lora_weights.safetensors`` with diffusers' own
+    writer (its ``LoraConfig`` in the file's metadata, so ``lora_alpha != r`` loads right), for
+    ``pipe.load_lora_weights(out / "lora")`` on a pipeline of the teacher. Returns the ``lora`` entry of
+    ``avdm_export.json``."""
+    from diffusers import WanPipeline
+
+    state = adapter_state_dict(denoiser.model, denoiser.adapter)
+    config = adapter_config(denoiser.model, denoiser.adapter)
+    if flow:
+        WanPipeline.save_lora_weights(
+            out / LORA_FOLDER, transformer_lora_layers=state, transformer_lora_adapter_metadata=config
+        )
+    else:
+        AnimateDiffPipeline.save_lora_weights(
+            out / LORA_FOLDER, unet_lora_layers=state, unet_lora_adapter_metadata=config
+        )
+    return {
+        "folder": LORA_FOLDER,
+        "rank": config["r"],
+        "alpha": config["lora_alpha"],
+        "adapted_modules": len(config["target_modules"]),
+        "base": "the teacher (teacher_sources)",
+    }
+
+
+def _lora_readme(out: Path, flow: bool) -> str:
+    """The model card's section on loading the adapter onto the teacher (empty for a full student); the
+    teacher named by the portable sources written in ``avdm_export.json``."""
+    info = json.loads((out / "avdm_export.json").read_text())
+    if "lora" not in info:
+        return ""
+    sources = info["teacher_sources"]
+    base = sources.get("teacher", "TEACHER")
+    adapter = sources.get("motion_adapter", "None")
+    if flow:
+        load = f"""transformer = WanTransformer3DModel.from_pretrained("{base}", subfolder="transformer")
+pipe = WanPipeline(transformer=transformer, vae=..., text_encoder=..., tokenizer=..., scheduler=...)
+pipe.load_lora_weights("THIS_FOLDER/{LORA_FOLDER}")    # pipe.transformer is now the student"""
+    else:
+        motion = "" if adapter == "None" else f', motion_adapter=MotionAdapter.from_pretrained("{adapter}")'
+        load = f"""pipe = AnimateDiffPipeline.from_pretrained("{base}"{motion})   # the teacher
+pipe.load_lora_weights("THIS_FOLDER/{LORA_FOLDER}")    # pipe.unet is now the student
+pipe.scheduler = {info["scheduler"]}.from_pretrained("THIS_FOLDER", subfolder="scheduler")"""
+    where = ""
+    if base.startswith("avdm-asset:"):
+        where = f"`{base}` is the folder `avdm/assets/{base.split(':', 1)[1]}` of the avdm package. "
+    return f"""
+## As LoRA weights on the teacher
+
+The student is the teacher plus a rank-{info["lora"]["rank"]} LoRA (alpha {info["lora"]["alpha"]}); the
+weights above have it merged, `{LORA_FOLDER}/` holds it alone:
+
+```python
+{load}
+```
+{where}Sample with this folder's scheduler and ladder, as above.
+"""
+
+
 def export_student(module: DistillationModule, out_dir: str | Path, use_ema: bool = True) -> Path:
     """Write the student of ``module`` (its EMA when kept and ``use_ema``) as a diffusers folder.
 
@@ -365,11 +428,13 @@ def export_student(module: DistillationModule, out_dir: str | Path, use_ema: boo
         "num_frames": pixel_frames(module),
         "resolution": pixel_size(module),
     }
+    if isinstance(generator.denoiser, AdapterDenoiser):
+        info["lora"] = write_lora_weights(out, generator.denoiser, flow=False)
     write_pipeline(
         out, merged_network(generator.denoiser), module.vae, module.prompt_encoder, scheduler, info
     )
     note = "The student samples without classifier-free guidance: use `guidance_scale=1.0`."
-    write_model_card(out, _readme(ladder, call, name, note, info), info)
+    write_model_card(out, _readme(ladder, call, name, note, info) + _lora_readme(out, flow=False), info)
     return out
 
 
@@ -431,9 +496,12 @@ def export_flow_student(module: DistillationModule, out_dir: str | Path, use_ema
         "num_frames": pixel_frames(module),
         "resolution": pixel_size(module),
     }
+    if isinstance(denoiser, AdapterDenoiser):
+        info["lora"] = write_lora_weights(out, denoiser, flow=True)
     write_flow_folder(out, merged_network(denoiser), module.prompt_encoder, scheduler, info, module.vae)
     text_class = type(module.prompt_encoder.text_encoder).__name__
-    write_model_card(out, _flow_readme(info, type(module.vae).__name__, text_class), info)
+    card = _flow_readme(info, type(module.vae).__name__, text_class) + _lora_readme(out, flow=True)
+    write_model_card(out, card, info)
     return out
 
 
