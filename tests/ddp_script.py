@@ -1,5 +1,6 @@
-"""Run by tests/test_ddp.py as ``python tests/ddp_script.py OUT_DIR`` (Lightning's DDP launcher re-runs
-this script once per rank). Each rank writes its trainable weights and the batches it saw."""
+"""Run by tests/test_ddp.py as ``python tests/ddp_script.py OUT_DIR [lora]`` (Lightning's DDP launcher
+re-runs this script once per rank). Each rank writes its trainable weights and the batches it saw. With
+``lora`` the generator and the fake score are rank-4 adapters of the one frozen teacher."""
 
 from __future__ import annotations
 
@@ -27,12 +28,18 @@ class RecordBatches(L.Callback):
         self.seen.extend(batch["latents"].flatten(1).sum(1).tolist())
 
 
-def main(out: Path) -> None:
+def main(out: Path, lora: bool) -> None:
     torch.manual_seed(0)
     bundle = build_animatediff(source="tiny", num_frames=4, resolution=32, tiny={"unet": TINY_UNET})
     torch.manual_seed(0)
-    losses = {"sdm": FrameSDMLoss(num_frames=2, reduction="mean"), "gan": DenoisingGANLoss()}
-    module = DistillationModule(bundle, losses, generator_timesteps=(999, 499), warmup_steps=1)
+    settings = {"rank": 4} if lora else None
+    losses = {
+        "sdm": FrameSDMLoss(num_frames=2, reduction="mean", fake_score_lora=settings),
+        "gan": DenoisingGANLoss(),
+    }
+    module = DistillationModule(
+        bundle, losses, generator_timesteps=(999, 499), warmup_steps=1, generator_lora=settings
+    )
     record = RecordBatches()
     trainer = L.Trainer(
         max_steps=2,
@@ -48,7 +55,12 @@ def main(out: Path) -> None:
     trainer.fit(
         module, datamodule=SyntheticLatentDataModule(bundle.latent_shape, num_samples=16, batch_size=1)
     )
-    state = {k: v for k, v in module.state_dict().items() if not k.startswith(FROZEN_PREFIXES)}
+    state = {
+        k: v
+        for k, v in module.state_dict().items()
+        if not k.startswith(FROZEN_PREFIXES)
+        and (not lora or "lora_" in k or "disc_head" in k or "." not in k)
+    }
     torch.save(
         {
             "state": state,
@@ -61,4 +73,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), lora=sys.argv[2:] == ["lora"])

@@ -12,12 +12,13 @@ import torch
 
 
 @pytest.mark.slow
-def test_two_process_ddp_keeps_ranks_identical_and_shards_data(tmp_path):
+@pytest.mark.parametrize("roles", ["full", "lora"])
+def test_two_process_ddp_keeps_ranks_identical_and_shards_data(tmp_path, roles):
+    """``lora``: the generator and fake score are adapters of the shared frozen teacher."""
     script = Path(__file__).with_name("ddp_script.py")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
-    )
+    args = [sys.executable, str(script), str(tmp_path)] + (["lora"] if roles == "lora" else [])
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert rank0["generator_steps"] == rank1["generator_steps"] == 2
@@ -31,3 +32,9 @@ def test_two_process_ddp_keeps_ranks_identical_and_shards_data(tmp_path):
         assert torch.equal(value, rank1["state"][key]), key
     # And training moved the weights at all (the equality is not that of an untouched init).
     assert int(rank0["state"]["generator_steps"]) == 2
+    if roles == "lora":
+        adapters = {k: v for k, v in rank0["state"].items() if "lora_" in k}
+        assert any(".generator." in k for k in adapters) and any(".fake_score_image." in k for k in adapters)
+        assert not [k for k in rank0["state"] if "." in k and "lora_" not in k and "disc_head" not in k]
+        moved = [v for k, v in adapters.items() if "lora_B" in k and ".generator." in k]
+        assert any(bool(v.abs().sum() > 0) for v in moved), "the generator's adapter was trained"
