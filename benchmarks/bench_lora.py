@@ -6,10 +6,16 @@ generator plus a LoRA fake score (``loss.sdm.fake_score_lora``), all on one froz
 
 * measured on the shipped shapes teacher (``avdm2_shapes``): the module built from the config, bytes of its
   distinct storages (shared weights once), gradients = the trainable bytes in float32, AdamW = two float32
-  moments per trainable parameter;
+  moments per trainable parameter; and two training iterations (generator + critic phases, the config's
+  batch of 4) run by Lightning, where every tensor autograd saves for backward is counted while it lives
+  (``torch.autograd.graph.saved_tensors_hooks``; weights saved by a layer are weights, not counted): the
+  peak of live saved activations. Gradients live one role at a time (each optimizer's ``zero_grad`` after
+  its step frees them), so the peak is frozen + trainable + AdamW + the largest role's gradients + that
+  activation peak;
 * computed for the real shapes of SD1.5 + the AnimateDiff v1.5 motion adapter, Wan2.1-1.3B and Wan2.1-14B:
   the denoisers built on the meta device (no weights), the adapters injected by the same code, GB per GPU
-  at bf16 frozen weights and float32 trainable weights + AdamW state (activations not included).
+  at bf16 frozen weights and float32 trainable weights + AdamW state (activations not included), at rank
+  16 and rank 8.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import torch
 from torch import nn
 
 from avdm.models.denoiser import parameter_bytes
@@ -26,6 +34,7 @@ from avdm.models.denoiser import parameter_bytes
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RANK = 16
+RANKS = (16, 8)
 SETUPS = {
     "full copies": [],
     "LoRA generator": [f"module.generator_lora={{rank:{RANK},alpha:{RANK}}}"],
@@ -47,13 +56,85 @@ def measure(overrides: list[str]) -> dict[str, float]:
     module = build_module(cfg)
     frozen = [p for p in module.parameters() if not p.requires_grad]
     trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizers, _ = module.configure_optimizers()  # one per role: the generator, each critic plugin
+    largest_role = max(
+        parameter_bytes([p for group in opt.param_groups for p in group["params"]], 4) for opt in optimizers
+    )
     mb = 2**20
-    return {
+    row = {
         "frozen_mb": parameter_bytes(frozen) / mb,
         "trainable_mb": parameter_bytes(trainable) / mb,
         "gradients_mb": parameter_bytes(trainable, 4) / mb,
         "adamw_state_mb": 2 * parameter_bytes(trainable, 4) / mb,
+        "activations_peak_mb": saved_activation_peak(module, int(cfg.data.batch_size)) / mb,
     }
+    row["peak_mb"] = (
+        row["frozen_mb"] + row["trainable_mb"] + row["adamw_state_mb"] + largest_role / mb
+    ) + row["activations_peak_mb"]
+    return row
+
+
+class SavedActivations(L.Callback):
+    """Counts the bytes of tensors autograd saves for backward while they live, during training batches."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [references, bytes]
+        self.current = self.peak = 0
+        self.weights: set[int] = set()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.weights = {p.untyped_storage().data_ptr() for p in pl_module.parameters()}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda held: held.tensor)
+        self._hooks.__enter__()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._hooks.__exit__(None, None, None)
+
+    def _pack(self, tensor: torch.Tensor) -> Any:
+        storage = tensor.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in self.weights or tensor.device.type == "meta":
+            return _Held(tensor, None)
+        entry = self.live.setdefault(ptr, [0, storage.nbytes()])
+        if entry[0] == 0:
+            self.current += entry[1]
+            self.peak = max(self.peak, self.current)
+        entry[0] += 1
+        return _Held(tensor, lambda: self._release(ptr))
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live[ptr]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self.live[ptr]
+
+
+class _Held:
+    """What autograd keeps for a saved tensor; its release (the graph freed) lowers the live count."""
+
+    def __init__(self, tensor: torch.Tensor, release: Any) -> None:
+        self.tensor, self.release = tensor, release
+
+    def __del__(self) -> None:
+        if self.release is not None:
+            self.release()
+
+
+def saved_activation_peak(module: L.LightningModule, batch_size: int) -> int:
+    """Peak bytes of live saved activations over two training iterations of ``module``."""
+    from avdm.data.synthetic_latents import SyntheticLatentDataModule
+
+    counter = SavedActivations()
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[counter], num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    data = SyntheticLatentDataModule(module.latent_shape, num_samples=8, batch_size=batch_size, seed=0)
+    trainer.fit(module, datamodule=data)
+    return counter.peak
 
 
 def _sd15_motion_unet() -> nn.Module:
@@ -79,8 +160,9 @@ REAL = {
 }
 
 
-def computed(build: Any) -> dict[str, float]:
-    """GB per GPU: a bf16 frozen base; float32 trainable weights, gradients and two AdamW moments."""
+def computed(build: Any, rank: int) -> dict[str, float]:
+    """GB per GPU: a bf16 frozen base; float32 trainable weights, gradients and two AdamW moments (all
+    roles' gradients counted, as a training loop that keeps them between steps would hold them)."""
     from accelerate import init_empty_weights
 
     from avdm.models.lora import add_lora
@@ -88,7 +170,7 @@ def computed(build: Any) -> dict[str, float]:
     with init_empty_weights():
         model = build()
         base = sum(p.numel() for p in model.parameters())
-        lora = sum(p.numel() for p in add_lora(model, "generator", {"rank": RANK}))
+        lora = sum(p.numel() for p in add_lora(model, "generator", {"rank": rank}))
     per_trainable = 4 + 4 + 8  # weight, gradient, two AdamW moments (float32)
     rows = {"base_params": base, "lora_params_per_role": lora}
     for name, trainable in (
@@ -105,24 +187,34 @@ def run(out_dir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {
         "rank": RANK,
         "measured_avdm2_shapes": {name: measure(o) for name, o in SETUPS.items()},
-        "computed": {name: computed(build) for name, build in REAL.items()},
+        "computed": {
+            f"{name}, rank {rank}": computed(build, rank) for name, build in REAL.items() for rank in RANKS
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "lora.json").write_text(json.dumps(result, indent=2))
     lines = [
-        f"# LoRA roles (rank {RANK}): training state beyond the frozen base",
+        f"# LoRA roles: training state beyond the frozen base (measured at rank {RANK})",
         "",
         "Measured on the shipped shapes teacher (`+experiment=avdm2_shapes`, float32 teacher):",
         "",
-        "| setup | frozen MB | trainable MB | gradients MB | AdamW state MB | trainable + grads + AdamW MB |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| setup | frozen MB | trainable MB | gradients MB | AdamW state MB | trainable + grads + AdamW MB "
+        "| saved activations, peak MB | peak MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in result["measured_avdm2_shapes"].items():
         state = r["trainable_mb"] + r["gradients_mb"] + r["adamw_state_mb"]
         lines.append(
             f"| {name} | {r['frozen_mb']:.1f} | {r['trainable_mb']:.2f} | {r['gradients_mb']:.2f} | "
-            f"{r['adamw_state_mb']:.2f} | {state:.2f} |"
+            f"{r['adamw_state_mb']:.2f} | {state:.2f} | {r['activations_peak_mb']:.1f} | {r['peak_mb']:.1f} |"
         )
+    lines += [
+        "",
+        "Saved activations: every tensor autograd keeps for backward, counted while it lives, over two",
+        "iterations (generator and critic phases, batch 4). Peak = frozen + trainable + AdamW + the largest",
+        "role's gradients (they live one role at a time) + the activation peak. LoRA keeps the base's",
+        "activations (the frozen layers still pass gradients to the input) and adds the adapters' small ones.",
+    ]
     lines += [
         "",
         "Computed for real denoisers (built on the meta device; bf16 frozen base, float32 trainable weights,",
