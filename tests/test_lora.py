@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from torch import nn
 
 from avdm.data.synthetic_latents import SyntheticLatentDataModule
 from avdm.errors import ConfigError
@@ -197,3 +198,23 @@ def test_an_adapter_view_reads_the_base_views_attributes():
     assert generator.position == ("frame", "y") and generator.schedule is teacher.schedule
     with pytest.raises(AttributeError):
         _ = generator.no_such_attribute
+
+
+def test_the_benchmarks_activation_counter_counts_live_saved_tensors_once():
+    """``make bench``'s activation peak: a tensor saved twice counts once, weights not at all, and
+    everything is released with the graph."""
+    from benchmarks.bench_lora import SavedActivations
+
+    counter = SavedActivations()
+    weight = nn.Parameter(torch.randn(8, 8))
+    counter.weights = {weight.untyped_storage().data_ptr()}
+    x = torch.randn(4, 8, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(counter._pack, lambda held: held.tensor):
+        h = x * x  # saves x twice: one storage
+        assert counter.current == x.untyped_storage().nbytes()
+        y = (h @ weight).tanh().sum()  # saves h (weight skipped) and tanh's output
+        peak = counter.peak
+    assert peak == x.untyped_storage().nbytes() + h.untyped_storage().nbytes() + 4 * 4 * 8
+    y.backward()
+    del h, y
+    assert counter.current == 0 and not counter.live
