@@ -188,6 +188,9 @@ def test_merged_network_is_the_student_as_a_plain_diffusers_model():
 def test_bad_lora_settings_are_one_line_naming_the_key(settings, message):
     with pytest.raises(ConfigError, match=message):
         DistillationModule(_bundle(), {"sdm": FrameSDMLoss(num_frames=2)}, generator_lora=settings)
+    fake_score = message.replace("module.generator_lora", "loss.sdm.fake_score_lora")
+    with pytest.raises(ConfigError, match=fake_score):
+        DistillationModule(_bundle(), {"sdm": FrameSDMLoss(num_frames=2, fake_score_lora=settings)})
 
 
 def test_an_adapter_view_reads_the_base_views_attributes():

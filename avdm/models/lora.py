@@ -30,10 +30,17 @@ from avdm.models.denoiser import Denoiser
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def _tuner_layers(model: nn.Module) -> list[nn.Module]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
+_LAYERS = "_avdm_lora_layers"  # cached on the network: adapter_active runs on every role's call
 
-    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+def _tuner_layers(model: nn.Module) -> list[nn.Module]:
+    cached = model.__dict__.get(_LAYERS)
+    if cached is None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        cached = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        model.__dict__[_LAYERS] = cached
+    return cached
 
 
 def adapter_names(model: nn.Module) -> set[str]:
@@ -71,6 +78,7 @@ def add_lora(
         r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=target_modules
     )
     flags = {p: p.requires_grad for p in model.parameters()}
+    model.__dict__.pop(_LAYERS, None)  # injection adds layers
     try:
         inject_adapter_in_model(config, model, adapter_name=name)
     except ValueError as err:  # peft: no module matched target_modules
@@ -81,6 +89,7 @@ def add_lora(
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
+    model.__dict__.pop(_LAYERS, None)
     for layer in _tuner_layers(model):
         layer._disable_adapters = True  # peft's enable_adapters(False) would also freeze every adapter
     return params
@@ -152,6 +161,7 @@ def merged_network(denoiser: Denoiser) -> nn.Module:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     model = copy.deepcopy(denoiser.model)
+    model.__dict__.pop(_LAYERS, None)  # its LoRA layers are removed below
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, BaseTunerLayer):

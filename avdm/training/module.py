@@ -146,8 +146,13 @@ class DistillationModule(L.LightningModule):
             self.generator_ema.requires_grad_(False)
         self.losses = nn.ModuleDict(dict(losses))
         self.needs_sample = any(plugin.needs_generator_sample for plugin in self.losses.values())
-        for plugin in self.losses.values():
-            plugin.bind(self.teachers)
+        for name, plugin in self.losses.items():
+            try:
+                plugin.bind(self.teachers)
+            except (
+                ConfigError
+            ) as err:  # the plugin names its own key; the run config has it under loss.<name>
+                raise ConfigError(f"loss.{name}.{err}") from None
         # After every trainable copy is made (generator above, fake scores in bind): they keep float32.
         self.teacher_dtype = models.teacher_dtype
         if self.teacher_dtype != "float32":
