@@ -2,7 +2,7 @@
 PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install test lint format demo demo-eval demo-eval-flow teacher teacher-flow shapes-classifier synvid-shapes bench clean
+.PHONY: help install test lint format demo demo-eval diag-eval demo-eval-flow teacher teacher-flow shapes-classifier synvid-shapes bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,13 @@ demo-eval:  ## the README's results table: trains 5 students, compares them with
 	  --student "video SDM + GAN=$(EVAL_DIR)/video_sdm_gan/checkpoints/last.ckpt" \
 	  --student "consistency distillation (LCM)=$(EVAL_DIR)/lcm/checkpoints/last.ckpt" \
 	  --student "2D SDM + GAN, LoRA generator + fake score (rank 16)=$(EVAL_DIR)/lora/checkpoints/last.ckpt"
+
+DIAG_EVAL_DIR ?= outputs/diag_eval
+diag-eval:  ## the README's collapse picture: the main job and the GAN-only ablation with diagnostics every 20 steps (~25 min)
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes hydra.run.dir=$(DIAG_EVAL_DIR)/sdm_gan callbacks.diagnostics.every_n_steps=20
+	$(PYTHON) -m avdm.train +experiment=avdm2_shapes_gan_only hydra.run.dir=$(DIAG_EVAL_DIR)/gan_only callbacks.diagnostics.every_n_steps=20
+	$(PYTHON) -m avdm.plot $(DIAG_EVAL_DIR)/sdm_gan $(DIAG_EVAL_DIR)/gan_only --out $(DIAG_EVAL_DIR)/plots
+	cp $(DIAG_EVAL_DIR)/plots/ratios.png docs/images/collapse_ratios.png
 
 FLOW_EVAL_DIR ?= outputs/demo_eval_flow
 demo-eval-flow: synvid-shapes  ## one table, both teachers: AVDM2 on each, AccVideo on the flow teacher (~35 min)

@@ -26,6 +26,7 @@ sample = _command("avdm.sample")
 export = _command("avdm.export")
 evaluate = _command("avdm.evaluate")
 compare = _command("avdm.compare")
+plot = _command("avdm.plot")
 
 
 def data_check() -> int:

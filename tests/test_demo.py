@@ -24,6 +24,8 @@ def test_main_job_writes_checkpoints_samples_metrics_and_feeds_the_results_table
             "hydra.run.dir=run",
             "data.num_videos=12",
             "data.root=data",
+            "callbacks.diagnostics.teacher_steps=4",  # the reference teacher in 4 steps, not 25
+            "callbacks.diagnostics.samples_per_prompt=2",
         ],
         cwd=tmp_path,
         env=env,
@@ -38,6 +40,13 @@ def test_main_job_writes_checkpoints_samples_metrics_and_feeds_the_results_table
     assert metrics["generator_steps"] == 2 and metrics["critic_steps"] == 4
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "samples").glob("step_*.mp4")), "an mp4 grid of samples"
+    assert list((run / "samples").glob("step_*.png")), "and its contact sheet beside it"
+    for key in ("diag/pixel/diversity", "diag/teacher/pixel/diversity", "diag/ratio/pixel/temporal_change",
+                "diag/pixel/saturation", "diag/grad_share/sdm", "diag/critic/gan/logit_gap"):  # fmt: skip
+        assert 0 <= metrics[key] < 1e6, key
+    assert metrics["collapse_alarms"] == [], "the main job's start is no collapse"
+    for name in ("losses", "diagnostics", "learning_rates"):
+        assert (run / "plots" / f"{name}.png").stat().st_size > 5000, name
     import csv
 
     with (run / "csv" / "metrics.csv").open() as f:

@@ -34,7 +34,15 @@ from avdm.training.module import NonFiniteLossError, NonFiniteWeightsError
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 # The default config: the tiny random AnimateDiff teacher on synthetic latents, denoising loss only.
-QUICK = ["callbacks.samples=null", "trainer.enable_progress_bar=false", "module.warmup_steps=0"]
+# Not about what a run shows: no samples, diagnostics or plots (tests/test_collapse.py, test_demo.py).
+QUICK = [
+    "callbacks.samples=null",
+    "callbacks.diagnostics=null",
+    "callbacks.collapse=null",
+    "callbacks.plots=null",
+    "trainer.enable_progress_bar=false",
+    "module.warmup_steps=0",
+]
 
 
 def _popen(module: str, *args: str, cwd: Path, **kwargs) -> subprocess.Popen:

@@ -18,7 +18,17 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 def test_every_console_script_is_a_callable_that_returns_an_exit_status():
     scripts = PROJECT["scripts"]
-    commands = {"train", "synthesize", "precompute", "sample", "export", "evaluate", "compare", "data-check"}
+    commands = {
+        "train",
+        "synthesize",
+        "precompute",
+        "sample",
+        "export",
+        "evaluate",
+        "compare",
+        "data-check",
+        "plot",
+    }
     assert {name.removeprefix("avdm-") for name in scripts} == commands
     for target in scripts.values():
         module, function = target.split(":")

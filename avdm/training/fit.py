@@ -100,6 +100,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     for counter in ("generator_steps", "critic_steps", "nonfinite_skips"):
         if hasattr(module, counter):
             metrics[counter] = int(getattr(module, counter))
+    for callback in callbacks:  # the diagnostics' last values, the alarms fired
+        if callable(summary := getattr(callback, "summary", None)):
+            metrics.update(summary())
     if final.stopped_by:
         metrics["stopped_by"] = final.stopped_by  # type: ignore[assignment]
     if trainer.is_global_zero:

@@ -362,9 +362,10 @@ class DistillationModule(L.LightningModule):
         logs.update({f"lr/{name}": sched.get_last_lr()[0] for name, (_, sched) in self._optimizers().items()})
         self.log_dict(logs, batch_size=text.shape[0])
 
-    def _context(
+    def step_context(
         self, x0_fake: Tensor | None, text: Tensor, uncond: Tensor, batch: Mapping[str, Any]
     ) -> StepContext:
+        """What the plugins get for ``x0_fake`` and the batch (also used by the diagnostics)."""
         return StepContext(
             x0_fake, text, batch, self.teachers, self.generator, uncond, int(self.generator_steps)
         )
@@ -380,7 +381,7 @@ class DistillationModule(L.LightningModule):
         optimizer, scheduler = self._optimizers()["generator"]
         with self.toggled_optimizer(optimizer):
             x0_fake = self.generator.simulate(z, text, k).x0 if self.needs_sample else None
-            ctx = self._context(x0_fake, text, uncond, batch)
+            ctx = self.step_context(x0_fake, text, uncond, batch)
             outputs = {name: plugin.generator_loss(ctx) for name, plugin in self.losses.items()}
             # What is backpropagated is the weighted total: judged itself, with each term named.
             total = sum(self.losses[n].weight * o.loss for n, o in outputs.items())
@@ -419,7 +420,7 @@ class DistillationModule(L.LightningModule):
         if x0_fake is None and self.needs_sample:
             with torch.no_grad():
                 x0_fake = self.generator.simulate(z, text, k).x0
-        ctx = self._context(x0_fake, text, uncond, batch)
+        ctx = self.step_context(x0_fake, text, uncond, batch)
         optimizers = self._optimizers()
         stepped = False
         # One critic at a time: each graph is freed by its backward before the next is built.

@@ -22,6 +22,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
+def checkpoint_folder(trainer: L.Trainer) -> Path:
+    """Where the run's checkpoints go: the ``ModelCheckpoint``'s folder, else
+    ``<default_root_dir>/checkpoints``."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+        return Path(callback.dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"
+
+
 class FinalCheckpoint(L.Callback):
     """Write ``<dirpath>/last.ckpt`` at the end of training and at a requested stop.
 
@@ -68,12 +77,7 @@ class FinalCheckpoint(L.Callback):
 
     # --- checkpoints -----------------------------------------------------------------------------
     def _folder(self, trainer: L.Trainer) -> Path:
-        if self.dirpath is not None:
-            return Path(self.dirpath)
-        callback = trainer.checkpoint_callback
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
-            return Path(callback.dirpath)
-        return Path(trainer.default_root_dir) / "checkpoints"
+        return Path(self.dirpath) if self.dirpath is not None else checkpoint_folder(trainer)
 
     def _already_saved(self, trainer: L.Trainer) -> bool:
         if self.saved_step == trainer.global_step:
