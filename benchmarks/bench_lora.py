@@ -213,7 +213,7 @@ def run(out_dir: Path) -> dict[str, Any]:
         "Saved activations: every tensor autograd keeps for backward, counted while it lives, over two",
         "iterations (generator and critic phases, batch 4). Peak = frozen + trainable + AdamW + the largest",
         "role's gradients (they live one role at a time) + the activation peak. LoRA keeps the base's",
-        "activations (the frozen layers still pass gradients to the input) and adds the adapters' small ones.",
+        "activations (the frozen layers still pass gradients to the input) and adds the adapters' own.",
     ]
     lines += [
         "",
