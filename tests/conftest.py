@@ -50,3 +50,19 @@ def tiny_text(tiny_bundle):
 @pytest.fixture(scope="session")
 def tiny_unet_sizes():
     return dict(TINY_UNET)
+
+
+def cpu_trainer(root, max_steps: int, **kwargs):
+    """A quiet one-process CPU Lightning trainer for tests (no logger, checkpoints, bars or summary
+    unless ``kwargs`` say otherwise)."""
+    import lightning as L
+
+    settings = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": root,
+    }
+    return L.Trainer(max_steps=max_steps, **{**settings, **kwargs})

@@ -17,6 +17,7 @@ from avdm.metrics.collapse import colour_statistics, diversity, flicker, saturat
 from avdm.training.collapse_alarm import CollapseAlarm
 from avdm.training.diagnostics import CollapseDiagnostics, term_gradient_norms
 from avdm.training.module import DistillationModule
+from tests.conftest import cpu_trainer
 
 
 def test_diversity_is_zero_for_identical_samples_and_the_rms_distance_otherwise():
@@ -79,11 +80,9 @@ def _diagnostics() -> CollapseDiagnostics:
 
 
 def _fit(module, root, callbacks, max_steps: int) -> L.Trainer:
-    trainer = L.Trainer(
-        max_steps=max_steps, accelerator="cpu", logger=CSVLogger(root, name="csv", version=""),
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=root, callbacks=callbacks,
-    )  # fmt: skip
+    trainer = cpu_trainer(
+        root, max_steps, logger=CSVLogger(root, name="csv", version=""), callbacks=callbacks
+    )
     data = SyntheticLatentDataModule(module.latent_shape, num_samples=32, batch_size=1, seed=0)
     trainer.fit(module, datamodule=data)
     return trainer

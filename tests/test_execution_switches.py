@@ -11,7 +11,7 @@ from avdm.losses import DenoisingGANLoss, FrameSDMLoss
 from avdm.models.animatediff import build_animatediff
 from avdm.models.execution import count_saved_activations, diffusers_models
 from avdm.training.module import DistillationModule
-from tests.conftest import TINY_UNET
+from tests.conftest import TINY_UNET, cpu_trainer
 
 
 def _avdm2_module(**switches) -> DistillationModule:
@@ -36,15 +36,7 @@ class LossRecorder(L.Callback):
 
 def _train(module: DistillationModule, generator_steps: int = 2) -> list[dict[str, float]]:
     recorder = LossRecorder()
-    trainer = L.Trainer(
-        max_steps=generator_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
-    )
+    trainer = cpu_trainer(None, generator_steps, callbacks=[recorder])
     data = SyntheticLatentDataModule(module.latent_shape, num_samples=16, batch_size=2, seed=0)
     trainer.fit(module, datamodule=data)
     return recorder.losses

@@ -18,7 +18,7 @@ from avdm.losses import DenoisingGANLoss, FrameSDMLoss
 from avdm.models.animatediff import build_animatediff
 from avdm.models.lora import AdapterDenoiser
 from avdm.training.module import DistillationModule
-from tests.conftest import TINY_UNET
+from tests.conftest import TINY_UNET, cpu_trainer
 
 LORA = {"rank": 4, "alpha": 4}
 
@@ -116,15 +116,7 @@ def test_lora_refuses_what_would_mix_roles():
 
 
 def _fit(module: DistillationModule, root, max_steps: int, ckpt=None) -> L.Trainer:
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-    )
+    trainer = cpu_trainer(root, max_steps)
     data = SyntheticLatentDataModule(module.latent_shape, num_samples=32, batch_size=1, seed=0)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     return trainer

@@ -11,6 +11,7 @@ from avdm.data import SyntheticLatentDataModule
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext
 from avdm.losses.denoising import DenoisingLoss
 from avdm.training.module import DistillationModule
+from tests.conftest import cpu_trainer
 
 
 class MeanCritic(DistillationLoss):
@@ -50,15 +51,7 @@ def _data(bundle):
 
 
 def _trainer(tmp_path, max_steps):
-    return L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    return cpu_trainer(tmp_path, max_steps)
 
 
 def test_max_steps_counts_generator_steps_and_teachers_stay_frozen(tiny_bundle, tmp_path):
