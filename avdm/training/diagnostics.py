@@ -210,5 +210,8 @@ class CollapseDiagnostics(L.Callback):
                 logger.log_metrics({**values, "step/generator": float(step)}, step=trainer.global_step)
 
     def summary(self) -> dict[str, Any]:
-        """What ``metrics.json`` keeps: the last check's values and the teacher's."""
-        return dict(self.latest or {})
+        """What ``metrics.json`` keeps: the last check's values, the teacher's, and the check's step."""
+        if self.latest is None:
+            return {}
+        values = {k: v for k, v in self.latest.items() if k != "step"}
+        return {**values, "diag/step": int(self.latest["step"])}
