@@ -113,10 +113,26 @@ def test_invalid_configs_name_the_key(overrides, key):
 
 
 @pytest.mark.slow
-def test_tiny_experiment_trains_and_writes_metrics(tmp_path):
-    result = _run(tmp_path, "+experiment=avdm2_tiny", "trainer.max_steps=2", "hydra.run.dir=run")
+def test_tiny_experiment_trains_sharded_on_two_processes_and_exports(tmp_path):
+    """``trainer=fsdp2_cpu`` as a user runs it (Lightning starts the second process): metrics, sample videos
+    from every rank, sharded checkpoints that a resume accepts and ``avdm.export`` turns into diffusers."""
+    import shutil
+
+    import torch
+    from diffusers import UNetMotionModel
+
+    from avdm.export import main as export_main
+    from avdm.training.checkpoint_io import CheckpointError, read_checkpoint
+    from avdm.training.checkpoints import load_run
+    from avdm.training.fit import check_resume_checkpoint
+
+    result = _run(
+        tmp_path, "+experiment=avdm2_tiny", "trainer=fsdp2_cpu", "trainer.max_steps=2", "hydra.run.dir=run",
+        "callbacks.diagnostics=null", "callbacks.collapse=null", "callbacks.plots=null",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["generator_steps"] == 2 and metrics["critic_steps"] == 4
     for key in (
         "gen/sdm/loss",
@@ -126,7 +142,24 @@ def test_tiny_experiment_trains_and_writes_metrics(tmp_path):
         "critic/gan/logits_real",
     ):
         assert key in metrics
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert list((run / "samples").glob("step_*.mp4"))
+    last = run / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+
+    loaded = load_run(last)  # the consolidated checkpoint, in a module built from the run's config
+    assert int(loaded.module.generator_steps) == 2
+    assert check_resume_checkpoint(loaded.module, "last", run) == str(last)
+    export_main([str(last), str(tmp_path / "student")])
+    unet = UNetMotionModel.from_pretrained(tmp_path / "student" / "unet")
+    ours = loaded.module.generator.denoiser.model.state_dict()
+    for key, value in unet.state_dict().items():
+        assert torch.equal(value, ours[key]), key
+
+    broken = tmp_path / "broken.ckpt"
+    shutil.copytree(last, broken)
+    (broken / "__1_0.distcp").unlink()
+    with pytest.raises(CheckpointError, match="shard"):
+        read_checkpoint(broken)
 
 
 @pytest.mark.slow

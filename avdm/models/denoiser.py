@@ -73,11 +73,15 @@ class Denoiser(nn.Module, abc.ABC):
     ) -> list[Tensor]:
         """Activations of ``layers`` (default: down blocks + mid block), each ``(B, C_i, F_i, H_i, W_i)``.
 
-        The forward pass stops after the deepest requested layer, so the decoder is never run.
+        The forward pass stops after the deepest requested layer, so the decoder is never run; except
+        under FSDP2, whose hooks must see every sharded unit's forward end.
         """
+        from torch.distributed.fsdp import FSDPModule
+
         layers = tuple(layers or self.default_feature_layers)
         t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-        with FeatureTap(self.model, layers, stop_after_last=True) as tap:
+        sharded = any(isinstance(m, FSDPModule) for m in self.model.modules())
+        with FeatureTap(self.model, layers, stop_after_last=not sharded) as tap:
             tap.run(self.forward, x_t, t, text)
         return [self._feature_to_video(tap.features[name], x_t) for name in layers]
 

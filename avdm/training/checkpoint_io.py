@@ -6,7 +6,9 @@
   itself (fsspec), so a failed write truncates it. It also refuses a checkpoint whose weights are not
   finite, so a poisoned run never overwrites a good file.
 * :func:`read_checkpoint` loads a file for resume, sample, export and compare, and turns a truncated,
-  foreign or empty file into one line naming it.
+  foreign or empty file into one line naming it. A sharded checkpoint (a ``NAME.ckpt/`` folder of
+  ``trainer=fsdp2``, one shard per rank) is consolidated into the same dictionary, or, for the cheap
+  check before a resume (``shapes_only``), read from its metadata alone.
 """
 
 from __future__ import annotations
@@ -33,12 +35,24 @@ class CheckpointWriteError(AvdmUserError):
 
 
 def nonfinite_tensors(state_dict: Mapping[str, Any]) -> list[str]:
-    """Names of the floating-point tensors of ``state_dict`` holding a NaN or an infinity."""
-    return [
-        name
-        for name, value in state_dict.items()
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
-    ]
+    """Names of the floating-point tensors of ``state_dict`` holding a NaN or an infinity (a sharded
+    ``DTensor``: in this process's shard)."""
+    from torch.distributed.tensor import DTensor
+
+    bad = []
+    for name, value in state_dict.items():
+        if isinstance(value, DTensor):
+            value = value.to_local()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad.append(name)
+    return bad
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a sharded checkpoint folder (torch distributed checkpoint + Lightning's
+    ``meta.pt``)."""
+    path = Path(path)
+    return path.is_dir() and (path / "meta.pt").is_file() and (path / ".metadata").is_file()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -120,9 +134,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load a Lightning checkpoint on CPU; one-line :class:`CheckpointError` when it is not one.
 
-    ``mmap``: map the file instead of reading it (a cheap check before Lightning loads it again).
+    ``mmap``: map the file instead of reading it (a cheap check before Lightning loads it again); for a
+    sharded checkpoint folder, read only the stored shapes (``meta`` tensors).
     """
     path = Path(path)
+    if path.is_dir():
+        return _read_sharded_checkpoint(path, shapes_only=mmap)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
@@ -136,6 +153,47 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
             f"({type(err).__name__}: {detail})"
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")
+    return checkpoint
+
+
+def _read_sharded_checkpoint(path: Path, shapes_only: bool) -> dict[str, Any]:
+    """A sharded checkpoint folder as one Lightning checkpoint dictionary: full tensors, or (``shapes_only``)
+    empty ``meta`` tensors of the stored shapes, read from the folder's metadata without the shards."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if not is_sharded_checkpoint(path):
+        raise CheckpointError(
+            f"checkpoint {path} is a folder but not a sharded checkpoint (no .metadata and meta.pt in it)"
+        )
+    try:
+        if shapes_only:
+            from torch.distributed.checkpoint import FileSystemReader
+            from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+            stored = FileSystemReader(path).read_metadata().state_dict_metadata
+            state = {
+                key.removeprefix("state_dict."): torch.empty(
+                    meta.size, dtype=meta.properties.dtype, device="meta"
+                )
+                for key, meta in stored.items()
+                if key.startswith("state_dict.") and isinstance(meta, TensorStorageMetadata)
+            }
+            checkpoint = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
+            return {**checkpoint, "state_dict": state}
+        # Lightning's own consolidation (what `python -m lightning.pytorch.utilities.consolidate_checkpoint`
+        # runs), in memory and without a process group.
+        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+        checkpoint = _load_distributed_checkpoint(path)
+    except (Exception, CheckpointException) as err:  # a missing or truncated shard (DCP's error is a
+        # BaseException), foreign files
+        detail = " ".join(str(err).split())[:160]
+        raise CheckpointError(
+            f"sharded checkpoint {path} cannot be read: a shard is missing or truncated "
+            f"({type(err).__name__}: {detail})"
+        ) from None
+    if not isinstance(checkpoint.get("state_dict"), Mapping):
         raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no 'state_dict')")
     return checkpoint
 

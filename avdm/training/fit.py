@@ -57,7 +57,7 @@ def check_resume_checkpoint(module: L.LightningModule, ckpt_path: str | None, ou
     path = Path(ckpt_path)
     if ckpt_path == "last":
         path = output_dir / "checkpoints" / "last.ckpt"
-        if not path.is_file():
+        if not path.exists():  # a file, or a sharded checkpoint's folder (trainer=fsdp2)
             return None
     read_fitting_checkpoint(module, path, mmap=True)  # Lightning reads it again to resume
     return str(path)

@@ -33,6 +33,17 @@ from avdm.models.lora import AdapterDenoiser, add_lora, merged_network
 from avdm.models.vae import encode_pixels
 from avdm.training.data_counts import BadVideoCounts
 from avdm.training.optim import adamw, linear_warmup, param_groups_by_pattern
+from avdm.training.sharding import (
+    ShardingSettings,
+    average_replicated_grads,
+    clip_grads_,
+    global_norm,
+    is_sharded,
+    per_tensor_kind,
+    replicated_trainable,
+    shard_roles,
+    storage_key,
+)
 
 FROZEN_PREFIXES = ("teachers.", "prompt_encoder.", "vae.")
 
@@ -85,6 +96,9 @@ class DistillationModule(L.LightningModule):
         generator_lora: ``{rank, alpha, target_modules}``: the generator is the frozen video teacher plus a
             ``generator`` LoRA adapter (:mod:`avdm.models.lora`) instead of a full trainable copy; ``None``:
             the full copy (the paper's setting).
+        sharding: ``{param_dtype, reduce_dtype, reshard_after_forward}`` of FSDP2
+            (:mod:`~avdm.training.sharding`), used under ``ModelParallelStrategy`` (``trainer=fsdp2``);
+            ignored by other strategies.
     """
 
     def __init__(
@@ -107,6 +121,7 @@ class DistillationModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         channels_last: bool = False,
         generator_lora: Mapping[str, Any] | None = None,
+        sharding: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not losses:
@@ -138,7 +153,11 @@ class DistillationModule(L.LightningModule):
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ConfigError(f"module.ema_decay must be in (0, 1) or null, got {ema_decay}")
         self.generator_ema = (
-            AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            AveragedModel(
+                self.generator,
+                multi_avg_fn=per_tensor_kind(get_ema_multi_avg_fn(ema_decay)),
+                use_buffers=True,
+            )
             if ema_decay is not None
             else None
         )
@@ -193,6 +212,25 @@ class DistillationModule(L.LightningModule):
         ):
             self.register_buffer(name, torch.zeros((), dtype=torch.long))
         self._uncond_cache: Tensor | None = None
+        self.sharding = ShardingSettings.from_config(sharding)
+        self._sharded = False  # set by configure_model under FSDP2
+        self._replicated: list[nn.Parameter] = []  # trainable weights FSDP2 does not hold (heads)
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (``trainer=fsdp2``): FSDP2 over every role; else nothing."""
+        mesh = self.device_mesh
+        if mesh is None or is_sharded(self):
+            return
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        if precision.startswith("16"):
+            raise ConfigError(
+                f"trainer.precision={precision} cannot be combined with trainer=fsdp2 (its gradient scaler "
+                "does not see sharded gradients); use module.sharding.param_dtype=bfloat16 with 32-true"
+            )
+        shard_roles(self, mesh["data_parallel"], self.sharding)
+        self._sharded = True
+        self._replicated = replicated_trainable(self)
+        self.strict_loading = False  # checkpoints hold no frozen weights; checked before the fit (fit.py)
 
     def train(self, mode: bool = True) -> DistillationModule:
         """Lightning puts the module in train mode at fit start; frozen models stay in eval."""
@@ -318,14 +356,18 @@ class DistillationModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self._replicated:  # FSDP2 averages the gradients of what it shards, this the rest
+            average_replicated_grads(params, self.device_mesh["data_parallel"].get_group())
         grads = [p.grad for p in params if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        grad_norm = global_norm(grads) if grads else None
         # After DDP's all-reduce the gradients, and so this decision, are the same on every rank.
         if grad_norm is not None and not torch.isfinite(grad_norm):
             optimizer.zero_grad(set_to_none=True)
             self._count_nonfinite([f"{role} gradient"], "gen" if role == "generator" else "critic")
             return False, grad_norm
-        if self.grad_clip_norm is not None:
+        if self.grad_clip_norm is not None and self._sharded and grads:
+            clip_grads_(grads, self.grad_clip_norm, grad_norm)  # on the shards, by the norm over all of them
+        elif self.grad_clip_norm is not None:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm"
             )
@@ -335,7 +377,7 @@ class DistillationModule(L.LightningModule):
             self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None)
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        if not torch.isfinite(torch.nn.utils.get_total_norm(params)):
+        if not torch.isfinite(global_norm(params)):
             raise NonFiniteWeightsError(
                 f"the {role}'s weights became non-finite at iteration {int(self.iterations)} "
                 f"(finite loss and gradient: a learning rate or loss weight too large?); training stopped"
@@ -487,16 +529,26 @@ class DistillationModule(L.LightningModule):
         """Keys of the frozen roles, and of every other entry that is one of their tensors (the base
         weights a LoRA generator or fake score runs on)."""
         frozen = [k for k in state if k.startswith(FROZEN_PREFIXES) and "lora_" not in k]  # adapters train
-        storages = {state[k].untyped_storage().data_ptr() for k in frozen}
-        shared = [k for k in state if k not in frozen and state[k].untyped_storage().data_ptr() in storages]
+        storages = {storage_key(state[k]) for k in frozen}
+        shared = [k for k in state if k not in frozen and storage_key(state[k]) in storages]
         return frozen + shared
+
+    def checkpoint_keys(self) -> set[str]:
+        """The state-dict keys a checkpoint holds: every key but the frozen roles' (and their aliases)."""
+        own = self.state_dict()
+        frozen = set(self._frozen_keys(own))
+        return {k for k in own if k not in frozen}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        for key in self._frozen_keys(state):
+        # By name from the module itself: a gathered or offloaded state dict holds copies, not aliases.
+        keep = self.checkpoint_keys()
+        for key in [k for k in state if k not in keep]:
             del state[key]
         checkpoint["avdm_teacher_sources"] = self.sources
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" not in checkpoint:
+            return  # a sharded checkpoint: the strategy has loaded the weights (sharded_strategy.py)
         own = self.state_dict()
         checkpoint["state_dict"].update({k: own[k] for k in self._frozen_keys(own)})

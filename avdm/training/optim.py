@@ -70,13 +70,56 @@ def adamw(
 ) -> torch.optim.AdamW:
     """AdamW with the papers' defaults (betas (0.9, 0.999), weight decay 0.01).
 
-    Always the multi-tensor (``foreach``) implementation: PyTorch picks it by default only for CUDA
-    tensors, and on CPU the per-tensor loop took ~3% of an ``avdm2_shapes`` iteration; both give
-    bit-identical updates (tests/test_execution_switches.py).
+    The multi-tensor (``foreach``) implementation: PyTorch picks it by default only for CUDA tensors, and
+    on CPU the per-tensor loop took ~3% of an ``avdm2_shapes`` iteration; both give bit-identical updates
+    (tests/test_execution_switches.py). Sharded (FSDP2 ``DTensor``) weights get :class:`ShardLocalAdamW`.
     """
-    return torch.optim.AdamW(
-        params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps, foreach=True
-    )
+    from torch.distributed.tensor import DTensor
+
+    params = list(params)
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    kind = ShardLocalAdamW if any(isinstance(p, DTensor) for p in tensors) else torch.optim.AdamW
+    return kind(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps, foreach=True)
+
+
+class ShardLocalAdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` whose update runs on the local shards of ``DTensor`` weights, gradients and
+    moments (AdamW is elementwise, so this is the same update); its state stays ``DTensor`` s, keyed by
+    the sharded parameters, as torch's distributed checkpoint expects.
+
+    Kept beside torch's optimizer because a ``DTensor`` dispatch of each ``foreach`` / fused call
+    propagates the sharding anew whenever the learning rate changes (every warm-up step): measured on
+    CPU, 1.8 s per fused step of the tiny AnimateDiff generator against milliseconds on the shards.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: D102  (torch.optim.Adam.step, on local shards)
+        from torch.distributed.tensor import DTensor
+        from torch.optim.adam import adam
+
+        def local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
+            has_complex = self._init_group(
+                group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+            )
+            beta1, beta2 = group["betas"]
+            adam(
+                local(params), local(grads), local(exp_avgs), local(exp_avg_sqs), local(max_exp_avg_sqs),
+                steps, amsgrad=group["amsgrad"], has_complex=has_complex, beta1=beta1, beta2=beta2,
+                lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                maximize=group["maximize"], foreach=group["foreach"], capturable=group["capturable"],
+                differentiable=group["differentiable"], fused=group["fused"],
+                grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+            )  # fmt: skip
+        return loss
 
 
 def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
