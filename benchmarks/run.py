@@ -18,6 +18,7 @@ BENCHMARKS = (
     "benchmarks.bench_inference",
     "benchmarks.bench_precision",
     "benchmarks.bench_lora",
+    "benchmarks.bench_sharding",
 )
 
 

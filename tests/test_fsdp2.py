@@ -93,3 +93,62 @@ def test_fsdp2_trains_as_ddp_holds_half_and_resumes_from_its_sharded_checkpoint(
     assert any(not torch.equal(consolidated["state_dict"][k], fsdp2[k]) for k in generator), "step 3 trained"
     for key, value in consolidated["state_dict"].items():
         assert shapes["state_dict"][key].shape == value.shape == ddp[key].shape, key
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"param_dtype": "fp8"}, r"module\.sharding\.param_dtype='fp8': expected one of float32"),
+        ({"reshard": True}, r"module\.sharding\.reshard: unknown key"),
+        ({"reshard_after_forward": "yes"}, r"module\.sharding\.reshard_after_forward='yes': expected true"),
+    ],
+)
+def test_bad_sharding_settings_name_the_key(values, message):
+    from avdm.errors import ConfigError
+    from avdm.training.sharding import ShardingSettings
+
+    with pytest.raises(ConfigError, match=message):
+        ShardingSettings.from_config(values)
+
+
+def test_unet_shard_units_are_the_modules_animatediffs_2d_view_is_built_of(tiny_bundle):
+    """Every weight of the 2D teacher view lies in a unit of the motion UNet, units are disjoint, and together
+    they hold every weight of it: FSDP2 then gathers what either view runs."""
+    from avdm.training.sharding import shard_units
+
+    motion, image = tiny_bundle.video_teacher.model, tiny_bundle.image_teacher.model
+    units = shard_units(motion)
+    owned = [id(p) for unit in units for p in unit.parameters()]
+    assert len(owned) == len(set(owned)) == len(list(motion.parameters()))
+    assert {id(p) for p in image.parameters()} <= set(owned)
+    assert any("motion_modules" in name for name, m in motion.named_modules() if m in set(units))
+
+
+def test_transformer_and_text_encoder_units_are_their_blocks():
+    from fsdp2_script import WAN_TINY
+
+    from avdm.models.wan import build_wan
+    from avdm.training.sharding import shard_units
+
+    bundle = build_wan(source="tiny", num_frames=4, resolution=16, tiny=WAN_TINY)
+    transformer = bundle.video_teacher.model
+    assert shard_units(transformer) == list(transformer.blocks)
+    encoder = bundle.prompt_encoder.text_encoder
+    layers = shard_units(encoder)
+    assert layers and all(type(u).__name__ in encoder._no_split_modules for u in layers)
+    assert set(encoder.encoder.layers) <= set(layers)
+
+
+def test_global_norm_and_clipping_match_torch_on_plain_tensors():
+    from avdm.training.sharding import clip_grads_, global_norm
+
+    grads = [torch.randn(3, 4), torch.randn(7), torch.randn(2, 2, 2)]
+    ours, theirs = [g.clone() for g in grads], [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(theirs, grads):
+        p.grad = g.clone()
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 0.5)
+    norm = global_norm(ours)
+    clip_grads_(ours, 0.5, norm)
+    torch.testing.assert_close(norm, expected)
+    for mine, p in zip(ours, theirs):
+        torch.testing.assert_close(mine, p.grad)
