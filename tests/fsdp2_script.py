@@ -1,5 +1,6 @@
 """Run by tests/test_fsdp2.py under ``torchrun --nproc-per-node 2`` (gloo, CPU):
-``python -m torch.distributed.run ... tests/fsdp2_script.py OUT FAMILY ROLES``.
+``python -m torch.distributed.run ... tests/fsdp2_script.py OUT FAMILY:ROLES [FAMILY:ROLES ...]``, each
+case into ``OUT/FAMILY-ROLES/`` (one launch: the imports and the process group are paid once).
 
 One process pair trains the same tiny run three times: with DDP for 3 generator steps; with FSDP2
 (``ShardedStrategy``) for 3 steps, saving a sharded checkpoint at step 2; with FSDP2 again from that
@@ -175,4 +176,6 @@ def main(out: Path, family: str, roles: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    for case in sys.argv[2:]:
+        family, roles = case.split(":")
+        main(Path(sys.argv[1]) / f"{family}-{roles}", family, roles)

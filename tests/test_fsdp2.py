@@ -23,24 +23,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(out: Path, family: str, roles: str) -> list[dict]:
+CASES = [("animatediff", "full"), ("wan", "lora")]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Both cases in one two-process launch; ``OUT/FAMILY-ROLES/rank{0,1}.pt``."""
+    out = tmp_path_factory.mktemp("fsdp2")
     script = Path(__file__).with_name("fsdp2_script.py")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-        str(_free_port()), str(script), str(out), family, roles,
+        str(_free_port()), str(script), str(out), *(f"{family}:{roles}" for family, roles in CASES),
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=script.parent)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "roles"), [("animatediff", "full"), ("wan", "lora")])
-def test_fsdp2_trains_as_ddp_holds_half_and_resumes_from_its_sharded_checkpoint(tmp_path, family, roles):
+@pytest.mark.parametrize(("family", "roles"), CASES)
+def test_fsdp2_trains_as_ddp_holds_half_and_resumes_from_its_sharded_checkpoint(runs, family, roles):
     """``animatediff/full``: full-copy generator and fake score, an EMA, activation checkpointing, the 2D
     teacher view on shared weights. ``wan/lora``: generator and fake score as adapters of the one teacher."""
-    rank0, rank1 = _run(tmp_path, family, roles)
+    tmp_path = runs / f"{family}-{roles}"
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
 
     # DDP: each rank saw other clips, yet every trainable weight is bit-identical across ranks.
     assert len(rank0["seen"]) == len(rank1["seen"]) > 0 and not set(rank0["seen"]) & set(rank1["seen"])
@@ -152,3 +159,25 @@ def test_global_norm_and_clipping_match_torch_on_plain_tensors():
     torch.testing.assert_close(norm, expected)
     for mine, p in zip(ours, theirs):
         torch.testing.assert_close(mine, p.grad)
+
+
+def _fake_sharded(folder: Path, tag: str) -> Path:
+    folder.mkdir(parents=True)
+    for name in (".metadata", "meta.pt", "__0_0.distcp"):
+        (folder / name).write_text(tag)
+    return folder
+
+
+def test_a_sharded_save_replaces_the_old_folder_and_a_crash_between_its_renames_is_undone(tmp_path):
+    from avdm.training.checkpoint_io import recover_renamed_checkpoint
+    from avdm.training.sharded_strategy import _swap_in
+
+    last = _fake_sharded(tmp_path / "last.ckpt", "old")
+    _swap_in(_fake_sharded(tmp_path / ".last.ckpt.tmp", "new"), last)
+    assert (last / "meta.pt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.ckpt"
+    ]
+    # Killed after the old folder was moved aside, before the new one was renamed in:
+    last.rename(tmp_path / ".last.ckpt.old")
+    assert recover_renamed_checkpoint(last) and (last / "meta.pt").read_text() == "new"
+    assert not recover_renamed_checkpoint(tmp_path / "other.ckpt")

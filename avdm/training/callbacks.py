@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from torch import Tensor
 
 from avdm.data.visualize import frames_sheet, video_grid, write_mp4
+from avdm.errors import ConfigError
 from avdm.models.vae import decode_latents
 from avdm.training.loggers import log_samples
 
@@ -138,6 +139,15 @@ class ExportTeacher(L.Callback):
 
     def __init__(self, out_dir: str, include_vae: bool = True) -> None:
         self.out_dir, self.include_vae = Path(out_dir), include_vae
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from avdm.training.sharding import is_sharded
+
+        if is_sharded(pl_module):  # refused before training, not after it
+            raise ConfigError(
+                "callbacks.export writes a teacher stage from unsharded weights at the end of training; with "
+                "trainer=fsdp2 they are sharded: train teacher stages with trainer=gpu (DDP) or trainer=cpu"
+            )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:

@@ -157,6 +157,20 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
+def recover_renamed_checkpoint(path: str | Path) -> bool:
+    """Put back ``.NAME.old`` as ``NAME`` when a sharded save was killed between moving the old folder aside
+    and renaming the new one in (``sharded_strategy.py``); returns whether ``NAME`` exists after it."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if path.exists() or not is_sharded_checkpoint(old):
+        return path.exists()
+    try:
+        old.rename(path)
+    except FileNotFoundError:  # another process of the same run put it back first
+        pass
+    return path.exists()
+
+
 def _read_sharded_checkpoint(path: Path, shapes_only: bool) -> dict[str, Any]:
     """A sharded checkpoint folder as one Lightning checkpoint dictionary: full tensors, or (``shapes_only``)
     empty ``meta`` tensors of the stored shapes, read from the folder's metadata without the shards."""
@@ -167,11 +181,18 @@ def _read_sharded_checkpoint(path: Path, shapes_only: bool) -> dict[str, Any]:
             f"checkpoint {path} is a folder but not a sharded checkpoint (no .metadata and meta.pt in it)"
         )
     try:
-        if shapes_only:
-            from torch.distributed.checkpoint import FileSystemReader
-            from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-            stored = FileSystemReader(path).read_metadata().state_dict_metadata
+        reader = FileSystemReader(path)
+        metadata = reader.read_metadata()
+        files = {item.relative_path for item in metadata.storage_data.values()}
+        missing = sorted(f for f in files if not (path / f).is_file())
+        if missing:
+            raise CheckpointError(f"sharded checkpoint {path} is incomplete: {', '.join(missing)} missing")
+        extra = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
+        if shapes_only:
+            stored = metadata.state_dict_metadata
             state = {
                 key.removeprefix("state_dict."): torch.empty(
                     meta.size, dtype=meta.properties.dtype, device="meta"
@@ -179,18 +200,24 @@ def _read_sharded_checkpoint(path: Path, shapes_only: bool) -> dict[str, Any]:
                 for key, meta in stored.items()
                 if key.startswith("state_dict.") and isinstance(meta, TensorStorageMetadata)
             }
-            checkpoint = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
-            return {**checkpoint, "state_dict": state}
-        # Lightning's own consolidation (what `python -m lightning.pytorch.utilities.consolidate_checkpoint`
-        # runs), in memory and without a process group.
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
+            return {**extra, "state_dict": state}
+        # The weights only (not the optimizer moments), as full tensors in this process: what Lightning's
+        # consolidation (`python -m lightning.pytorch.utilities.consolidate_checkpoint`) does with these
+        # torch helpers, restricted to the weights' keys.
+        from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-        checkpoint = _load_distributed_checkpoint(path)
-    except (Exception, CheckpointException) as err:  # a missing or truncated shard (DCP's error is a
-        # BaseException), foreign files
+        loaded: dict[str, Any] = {}
+        planner = _EmptyStateDictLoadPlanner(keys={"state_dict"})
+        _load_state_dict(loaded, storage_reader=reader, planner=planner, no_dist=True)
+        checkpoint = {**extra, "state_dict": loaded.get("state_dict")}
+    except CheckpointError:
+        raise
+    except (Exception, CheckpointException) as err:  # a truncated shard (DCP's error is a BaseException),
+        # foreign files
         detail = " ".join(str(err).split())[:160]
         raise CheckpointError(
-            f"sharded checkpoint {path} cannot be read: a shard is missing or truncated "
+            f"sharded checkpoint {path} cannot be read: a shard is truncated or foreign "
             f"({type(err).__name__}: {detail})"
         ) from None
     if not isinstance(checkpoint.get("state_dict"), Mapping):

@@ -24,7 +24,11 @@ from avdm.config import validate
 from avdm.errors import AvdmUserError
 from avdm.training.build import build_module
 from avdm.training.callbacks import IterationProgressBar
-from avdm.training.checkpoint_io import AtomicCheckpointIO, read_fitting_checkpoint
+from avdm.training.checkpoint_io import (
+    AtomicCheckpointIO,
+    read_fitting_checkpoint,
+    recover_renamed_checkpoint,
+)
 from avdm.training.loggers import build_loggers, log_config
 from avdm.training.module import NonFiniteLossError, NonFiniteWeightsError
 from avdm.training.stopping import EXIT_CODES, FinalCheckpoint
@@ -57,7 +61,7 @@ def check_resume_checkpoint(module: L.LightningModule, ckpt_path: str | None, ou
     path = Path(ckpt_path)
     if ckpt_path == "last":
         path = output_dir / "checkpoints" / "last.ckpt"
-        if not path.exists():  # a file, or a sharded checkpoint's folder (trainer=fsdp2)
+        if not recover_renamed_checkpoint(path):  # a file, or a sharded folder (a save killed mid-rename)
             return None
     read_fitting_checkpoint(module, path, mmap=True)  # Lightning reads it again to resume
     return str(path)

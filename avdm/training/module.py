@@ -41,6 +41,7 @@ from avdm.training.sharding import (
     is_sharded,
     per_tensor_kind,
     replicated_trainable,
+    reshard_all,
     shard_roles,
     storage_key,
 )
@@ -387,6 +388,8 @@ class DistillationModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """One iteration of AVDM2's Algorithm 1: a generator phase every ``critic_steps_per_generator_step``
         iterations, then a critic phase, both on the same noise ``z`` and backward-simulation step ``k``."""
+        if self._sharded:  # callbacks may have sampled between iterations (sharding.reshard_all)
+            reshard_all(self)
         k = self._seed_iteration()
         batch = self.with_latents(batch)
         text, uncond = self.encode_text(batch)

@@ -100,6 +100,7 @@ class ShardLocalAdamW(torch.optim.AdamW):
         def local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
 
+        self._accelerator_graph_capture_health_check()
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -23,7 +23,26 @@ from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from avdm.training.checkpoint_io import CheckpointWriteError, is_sharded_checkpoint, nonfinite_tensors
+from avdm.training.checkpoint_io import (
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    is_sharded_checkpoint,
+    nonfinite_tensors,
+    recover_renamed_checkpoint,
+)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Put the complete folder ``tmp`` at ``path``: the old checkpoint is renamed aside first and removed
+    last, so at every moment one of them is whole (:func:`recover_renamed_checkpoint` undoes a crash)."""
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.is_dir():
+        path.rename(old)
+    elif path.exists():
+        path.unlink()
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class ShardedStrategy(ModelParallelStrategy):
@@ -57,26 +76,44 @@ class ShardedStrategy(ModelParallelStrategy):
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
         bad = nonfinite_tensors(checkpoint.get("state_dict", {}))
-        flag = torch.tensor(float(bool(bad)), device=self.root_device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item():
+        if self._any_rank(bool(bad)):
             raise CheckpointWriteError(
-                f"refused to write {path}: non-finite weights ({bad[0] if bad else 'on another rank'}, ...)"
+                f"refused to write {path}: non-finite weights ({bad[0] if bad else 'on another rank'}, ...); "
+                f"{self._last_good_text()}"
             )
-        tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+        tmp = path.with_name(f".{path.name}.tmp")
         if self.global_rank == 0:
+            recover_renamed_checkpoint(path)  # a save killed between its two renames
             shutil.rmtree(tmp, ignore_errors=True)
         self.barrier()
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        self.barrier()
-        if self.global_rank == 0:
-            if path.is_dir():
-                path.rename(old)
-            elif path.exists():
-                path.unlink()
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        self.barrier()
+        error = None
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)  # every rank's shard, then meta.pt
+        except OSError as err:  # rank 0 alone writes meta.pt: every rank must hear of its failure
+            error = err
+        if not self._any_rank(error is not None) and self.global_rank == 0:
+            try:
+                _swap_in(tmp, path)
+            except OSError as err:
+                error = err
+        if self._any_rank(error is not None):
+            reason = (error.strerror or str(error)) if error is not None else "on another rank"
+            raise CheckpointWriteError(
+                f"could not write checkpoint {path} ({reason}); {self._last_good_text()}"
+            )
+        if isinstance(self.checkpoint_io, AtomicCheckpointIO):
+            self.checkpoint_io.last_good = path
+
+    def _any_rank(self, flag: bool) -> bool:
+        value = torch.tensor(float(flag), device=self.root_device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def _last_good_text(self) -> str:
+        io = self.checkpoint_io
+        return (
+            io.good_checkpoint_text() if isinstance(io, AtomicCheckpointIO) else "no checkpoint was written"
+        )
 
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(self.broadcast(str(checkpoint_path)))

@@ -166,9 +166,28 @@ def shard_roles(module: nn.Module, mesh: Any, settings: ShardingSettings) -> lis
         roots.append(network)
     for root in roots:
         fully_shard.state(root)._lazy_init()
+    # Before Lightning moves the module: what fully_shard left (heads) is still on the CPU, and NCCL
+    # broadcasts device tensors only.
+    device = torch.device(
+        mesh.device_type, torch.cuda.current_device() if mesh.device_type == "cuda" else None
+    )
+    group = mesh.get_group()
     for p in replicated_trainable(module):
-        dist.broadcast(p.data, src=dist.get_global_rank(mesh.get_group(), 0), group=mesh.get_group())
+        value = p.data.to(device)
+        dist.broadcast(value, src=dist.get_global_rank(group, 0), group=group)
+        p.data.copy_(value)
     return roots
+
+
+def reshard_all(module: nn.Module) -> None:
+    """Free every gathered weight of ``module``'s FSDP2 units. A root keeps its own weights gathered from a
+    forward until the next backward, so after a forward without one (sampling, diagnostics) they stay
+    gathered: an EMA's root would then hold full tensors where its generator holds shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for sub in module.modules():
+        if isinstance(sub, FSDPModule):
+            sub.reshard()
 
 
 def replicated_trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -179,7 +198,10 @@ def replicated_trainable(module: nn.Module) -> list[nn.Parameter]:
 
 
 def average_replicated_grads(params: list[nn.Parameter], group: Any) -> None:
-    """Average the gradients of replicated ``params`` over ``group`` in one all-reduce (what DDP does)."""
+    """Average the gradients of replicated ``params`` over ``group`` in one all-reduce (what DDP does).
+
+    Every rank runs the same graph (the module's passes do not depend on the data), so the same parameters
+    have gradients on every rank."""
     from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in params if p.grad is not None and not isinstance(p, DTensor)]
