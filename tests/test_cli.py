@@ -114,12 +114,14 @@ def test_invalid_configs_name_the_key(overrides, key):
 
 @pytest.mark.slow
 def test_tiny_experiment_trains_sharded_on_two_processes_and_exports(tmp_path):
-    """``trainer=fsdp2_cpu`` as a user runs it (Lightning starts the second process): metrics, sample videos
-    from every rank, sharded checkpoints that a resume accepts and ``avdm.export`` turns into diffusers."""
+    """``trainer=fsdp2_cpu`` as a user runs it (Lightning starts the second process), on the tiny Wan teacher
+    with an EMA, bf16 gathered weights, and the diagnostics and sample videos of every step between the
+    sharded updates: metrics, sharded checkpoints that a resume accepts and ``avdm.export`` turns into
+    diffusers folders, a missing shard named in one line."""
     import shutil
 
     import torch
-    from diffusers import UNetMotionModel
+    from diffusers import WanTransformer3DModel
 
     from avdm.export import main as export_main
     from avdm.training.checkpoint_io import CheckpointError, read_checkpoint
@@ -127,8 +129,11 @@ def test_tiny_experiment_trains_sharded_on_two_processes_and_exports(tmp_path):
     from avdm.training.fit import check_resume_checkpoint
 
     result = _run(
-        tmp_path, "+experiment=avdm2_tiny", "trainer=fsdp2_cpu", "trainer.max_steps=2", "hydra.run.dir=run",
-        "callbacks.diagnostics=null", "callbacks.collapse=null", "callbacks.plots=null",
+        tmp_path, "+experiment=avdm2_tiny", "model=wan_tiny", "model.image_teacher=shared",
+        "data.latent_shape=[4,4,8,8]", "module.generator_param_groups=[{pattern:'.*',lr:1e-5}]",
+        "module.ema_decay=0.9", "trainer=fsdp2_cpu", "module.sharding.param_dtype=bfloat16",
+        "trainer.max_steps=2", "callbacks.diagnostics.every_n_steps=1", "callbacks.samples.every_n_steps=1",
+        "callbacks.collapse=null", "callbacks.plots=null", "hydra.run.dir=run",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
@@ -142,7 +147,11 @@ def test_tiny_experiment_trains_sharded_on_two_processes_and_exports(tmp_path):
         "critic/gan/logits_real",
     ):
         assert key in metrics
-    assert list((run / "samples").glob("step_*.mp4"))
+    assert sorted(p.name for p in (run / "samples").glob("step_*.mp4")) == [
+        "step_000001.mp4",
+        "step_000002.mp4",
+    ]
+    assert metrics["diag/step"] == 2 and 0 < metrics["diag/ratio/pixel/flicker"] < 10
     last = run / "checkpoints" / "last.ckpt"
     assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
 
@@ -150,9 +159,10 @@ def test_tiny_experiment_trains_sharded_on_two_processes_and_exports(tmp_path):
     assert int(loaded.module.generator_steps) == 2
     assert check_resume_checkpoint(loaded.module, "last", run) == str(last)
     export_main([str(last), str(tmp_path / "student")])
-    unet = UNetMotionModel.from_pretrained(tmp_path / "student" / "unet")
-    ours = loaded.module.generator.denoiser.model.state_dict()
-    for key, value in unet.state_dict().items():
+    exported = WanTransformer3DModel.from_pretrained(tmp_path / "student" / "transformer")
+    ours = loaded.module.sampling_generator().denoiser.model.state_dict()  # the EMA
+    assert exported.state_dict().keys() == ours.keys()
+    for key, value in exported.state_dict().items():
         assert torch.equal(value, ours[key]), key
 
     broken = tmp_path / "broken.ckpt"
