@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from avdm.errors import ConfigError
 from avdm.losses import (
     ConsistencyDistillationLoss,
     DenoisingGANLoss,
@@ -237,5 +238,5 @@ def test_bad_call_time_arguments_raise(env: Env) -> None:
 
 
 def test_sdm_without_image_teacher_raises(env: Env) -> None:
-    with pytest.raises(ValueError, match="no image teacher"):
+    with pytest.raises(ConfigError, match="no image teacher"):
         FrameSDMLoss().bind(TeacherBank(env.teachers.video, None))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from avdm.errors import ConfigError
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext, TeacherBank
 from avdm.losses.functional import (
     SDM_REDUCTIONS,
@@ -101,8 +102,10 @@ class ScoreDistillationLoss(DistillationLoss):
     def _teacher(self, teachers: TeacherBank) -> Denoiser:
         teacher = getattr(teachers, self.teacher_role)
         if teacher is None:
-            raise ValueError(
-                f"teacher={self.teacher_role!r} but the TeacherBank has no {self.teacher_role} teacher"
+            image = self.teacher_role == "image"
+            hint = " (set model.image_teacher=shared, or teacher: video)" if image else ""
+            raise ConfigError(  # the module names the plugin: loss.<name>.teacher=...
+                f"teacher={self.teacher_role!r}: the teacher family has no {self.teacher_role} teacher{hint}"
             )
         return teacher
 

@@ -131,11 +131,12 @@ class ShardedStrategy(ModelParallelStrategy):
         assert self.model is not None and self.lightning_module is not None
         keep = self.lightning_module.checkpoint_keys()
         state = {k: v for k, v in get_model_state_dict(self.model).items() if k in keep}
-        dcp.load({"state_dict": state}, checkpoint_id=path)
+        optimizers = {
+            f"optimizer_{idx}": get_optimizer_state_dict(self.model, optimizer)
+            for idx, optimizer in enumerate(self.optimizers)
+        }
+        dcp.load({"state_dict": state, **optimizers}, checkpoint_id=path)  # one read plan for everything
         set_model_state_dict(self.model, state, options=StateDictOptions(strict=False))
         for idx, optimizer in enumerate(self.optimizers):
-            key = f"optimizer_{idx}"
-            optim_state = {key: get_optimizer_state_dict(self.model, optimizer)}
-            dcp.load(optim_state, checkpoint_id=path)
-            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=optim_state[key])
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=optimizers[f"optimizer_{idx}"])
         return torch.load(path / _METADATA_FILENAME, weights_only=weights_only, map_location="cpu")
