@@ -40,12 +40,11 @@ def worker(out: Path) -> None:
     import torch
     import torch.distributed as dist
     from hydra import compose, initialize_config_dir
-    from torch.distributed.fsdp import FSDPModule
 
     from avdm.config import CONFIG_DIR
     from avdm.training.build import build_module
     from avdm.training.sharded_strategy import ShardedStrategy
-    from avdm.training.sharding import local_bytes
+    from avdm.training.sharding import local_bytes, reshard_all
 
     class Count(L.Callback):
         def __init__(self) -> None:
@@ -75,9 +74,7 @@ def worker(out: Path) -> None:
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )  # fmt: skip
         trainer.fit(module, datamodule=instantiate(cfg.data))
-        for sub in module.modules():  # roots keep their own weights gathered after a forward: count storage
-            if isinstance(sub, FSDPModule):
-                sub.reshard()
+        reshard_all(module)  # roots keep their own weights gathered after a forward: count storage
         moments = [
             t for opt in trainer.optimizers for s in opt.state.values() for t in s.values() if t.ndim > 0
         ]

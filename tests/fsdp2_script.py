@@ -30,7 +30,7 @@ from avdm.models.animatediff import build_animatediff  # noqa: E402
 from avdm.models.wan import build_wan  # noqa: E402
 from avdm.training.module import DistillationModule  # noqa: E402
 from avdm.training.sharded_strategy import ShardedStrategy  # noqa: E402
-from avdm.training.sharding import local_bytes, networks  # noqa: E402
+from avdm.training.sharding import local_bytes, networks, reshard_all  # noqa: E402
 
 WAN_TINY = {
     "transformer": {
@@ -125,11 +125,7 @@ def byte_counts(module: DistillationModule, trainer: L.Trainer) -> dict[str, int
     """This process's bytes: parameters of the networks (what FSDP2 shards), of the rest (VAE, heads),
     trainable ones, and optimizer states. Roots keep their own weights gathered from a forward until the
     next backward (sharding.py): resharded first, to count what is stored."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for sub in module.modules():
-        if isinstance(sub, FSDPModule):
-            sub.reshard()
+    reshard_all(module)
     in_networks = {id(p) for net in networks(module) for p in net.parameters()}
     trainable = [p for p in module.parameters() if p.requires_grad]
     optim = [

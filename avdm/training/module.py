@@ -39,7 +39,7 @@ from avdm.training.sharding import (
     clip_grads_,
     global_norm,
     is_sharded,
-    per_tensor_kind,
+    on_local_shards,
     replicated_trainable,
     reshard_all,
     shard_roles,
@@ -156,7 +156,7 @@ class DistillationModule(L.LightningModule):
         self.generator_ema = (
             AveragedModel(
                 self.generator,
-                multi_avg_fn=per_tensor_kind(get_ema_multi_avg_fn(ema_decay)),
+                multi_avg_fn=on_local_shards(get_ema_multi_avg_fn(ema_decay)),
                 use_buffers=True,
             )
             if ema_decay is not None

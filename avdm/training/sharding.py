@@ -214,7 +214,7 @@ def average_replicated_grads(params: list[nn.Parameter], group: Any) -> None:
         grad.copy_(piece.view_as(grad))
 
 
-def per_tensor_kind(multi_avg_fn: Callable[..., None]) -> Callable[..., None]:
+def on_local_shards(multi_avg_fn: Callable[..., None]) -> Callable[..., None]:
     """``AveragedModel``'s elementwise ``multi_avg_fn`` on plain tensors: sharded (``DTensor``) weights by
     their local shards (the same shard layout in the EMA and the generator), so one ``torch._foreach_*``
     call takes the weights and the (unsharded) buffers together, with no ``DTensor`` dispatch."""
