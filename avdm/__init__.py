@@ -6,7 +6,3 @@ try:
     __version__ = version("avdm")
 except PackageNotFoundError:  # a source tree on sys.path without an install
     __version__ = "0.0.0+unknown"
-
-from avdm.moved import install as _install_moved_module_names
-
-_install_moved_module_names()

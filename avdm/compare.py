@@ -21,17 +21,17 @@ import csv
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
 from avdm.errors import AvdmUserError, report_user_errors
 
-# (text, uncond_text, noise, rng) -> latents
-Sampler = Callable[[Tensor, Tensor, Tensor, torch.Generator], Tensor]
+if TYPE_CHECKING:
+    from avdm.models.sampling import Sampler
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Row:
     prompt_encoder: torch.nn.Module
     vae: torch.nn.Module
     latent_shape: tuple[int, ...]
+    guided: bool = False  # the sampler takes the empty prompt's embedding (CFG)
 
 
 def shapes_prompts(per_caption: int) -> list[str]:
@@ -63,6 +64,7 @@ def generate(
     """Write ``out/NNN.mp4`` for every prompt (noise of video ``i`` from seed ``(seed, i)``, the same for
     every row) plus ``captions.csv``; returns wall-clock seconds per video, file writing excluded."""
     from avdm.data.visualize import video_grid, write_mp4
+    from avdm.models.sampling import latents_for_prompts
     from avdm.models.vae import decode_latents
 
     out.mkdir(parents=True, exist_ok=True)
@@ -70,17 +72,11 @@ def generate(
     names = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
-        noise = torch.stack(
-            [
-                torch.randn(row.latent_shape, generator=torch.Generator().manual_seed(seed * 100_003 + i))
-                for i in range(start, start + len(chunk))
-            ]
-        )
-        rng = torch.Generator().manual_seed(seed + start)
         began = time.perf_counter()
-        text = row.prompt_encoder(chunk)
-        uncond = row.prompt_encoder([""]).expand(len(chunk), -1, -1)
-        videos = decode_latents(row.vae, row.sampler(text, uncond, noise, rng))
+        latents = latents_for_prompts(
+            row.sampler, row.prompt_encoder, chunk, row.latent_shape, seed, start, guided=row.guided
+        )
+        videos = decode_latents(row.vae, latents)
         seconds += time.perf_counter() - began
         for j, video in enumerate(videos):
             name = f"{start + j:03d}.mp4"
@@ -97,19 +93,15 @@ SAMPLER_NAMES = {"ddim": "DDIM", "flow_euler": "Euler", "euler": "Euler"}
 
 
 def teacher_row(bundle, steps: int, guidance: float, name: str = "teacher") -> Row:  # noqa: ANN001
-    from avdm.models.sampling import make_scheduler, reference_sampler, sample_teacher
+    from avdm.models.sampling import teacher_sampler
 
-    kind = reference_sampler(bundle.video_teacher)[0]
-
-    def sampler(text: Tensor, uncond: Tensor, z: Tensor, rng: torch.Generator) -> Tensor:
-        scheduler = make_scheduler(kind, bundle.scheduler_config)
-        return sample_teacher(
-            bundle.video_teacher, scheduler, z, text, uncond, steps, guidance, generator=rng
-        )
-
+    kind = bundle.family.reference_sampler
+    sampler = teacher_sampler(bundle.video_teacher, bundle.scheduler_config, kind, steps, guidance)
     nfe = steps * (2 if guidance != 1.0 else 1)
     label = f"{name}, {steps} {SAMPLER_NAMES[kind]} steps, CFG {guidance:g}"
-    return Row(label, nfe, sampler, bundle.prompt_encoder, bundle.vae, tuple(bundle.latent_shape))
+    return Row(
+        label, nfe, sampler, bundle.prompt_encoder, bundle.vae, tuple(bundle.latent_shape), guided=True
+    )
 
 
 def load_teacher(spec: str):  # noqa: ANN201 (ModelBundle, lazy import)
@@ -120,7 +112,7 @@ def load_teacher(spec: str):  # noqa: ANN201 (ModelBundle, lazy import)
 
     import avdm.config  # noqa: F401  (the ${avdm_asset:...} resolver)
     from avdm.config import CONFIG_DIR
-    from avdm.models.animatediff import build_animatediff
+    from avdm.models.families.animatediff import build_animatediff
 
     if Path(spec).is_dir():
         bundle = build_animatediff(
@@ -141,18 +133,15 @@ def load_teacher(spec: str):  # noqa: ANN201 (ModelBundle, lazy import)
 
 
 def student_row(label: str, ckpt: str) -> Row:
-    from avdm.training.checkpoints import load_run
+    from avdm.models.sampling import student_sampler
+    from avdm.training.checkpointing.run_loading import load_run
 
     module = load_run(ckpt).module
     generator = module.sampling_generator()
-
-    def sampler(text: Tensor, uncond: Tensor, z: Tensor, rng: torch.Generator) -> Tensor:
-        return generator.sample(z, text, generator=rng)
-
     return Row(
         f"student: {label}",
         generator.num_steps,
-        sampler,
+        student_sampler(generator),
         module.prompt_encoder,
         module.vae,
         tuple(module.latent_shape),
@@ -217,7 +206,6 @@ def compare(
     """
     from avdm.data.shapes import VIDEO_DIR, write_shapes_dataset
     from avdm.evaluate import evaluate
-    from avdm.models.sampling import reference_sampler
 
     prompts = list(prompts) if prompts is not None else shapes_prompts(per_caption)
     # Real clips with seeds unseen in training: the reference, and a second draw as the "real" row.
@@ -228,7 +216,7 @@ def compare(
     for spec in teachers:
         bundle = load_teacher(spec)
         name = "teacher" if len(teachers) == 1 else f"teacher {Path(spec).name}"
-        full = teacher_steps or reference_sampler(bundle.video_teacher)[1]
+        full = teacher_steps or bundle.family.reference_steps
         rows += [teacher_row(bundle, full, guidance, name), teacher_row(bundle, few_steps, guidance, name)]
     rows += [student_row(label, ckpt) for label, ckpt in students]
     torch.set_grad_enabled(False)

@@ -74,3 +74,7 @@ def report_user_errors(fn: F) -> F:
             sys.exit(user_error.exit_code if user_error is not None else 2)
 
     return wrapper  # type: ignore[return-value]
+
+
+class ExportError(AvdmUserError):
+    """The student cannot be written as a plain diffusers folder."""

@@ -1,5 +1,5 @@
 """``python -m avdm.plot RUN_DIR [RUN_DIR ...] [--out DIR]``: PNG plots of a run's losses, ``diag/`` curves
-and learning rates (:mod:`avdm.training.run_plots`), also written at the end of every training run;
+and learning rates (:mod:`avdm.training.callbacks.plots`), also written at the end of every training run;
 several runs are drawn in the same panels (``--out`` needed), with a ``ratios.png`` of the values the
 collapse alarm judges."""
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("run_dir", nargs="+", help="run folders (holding the CSV logger's metrics.csv)")
     parser.add_argument("--out", default=None, help="folder of the PNGs (default RUN_DIR/plots)")
     args = parser.parse_args(argv)
-    from avdm.training.run_plots import plot_comparison, plot_run
+    from avdm.training.callbacks.plots import plot_comparison, plot_run
 
     if len(args.run_dir) > 1 and args.out is None:
         parser.error("--out: needed with several run folders")

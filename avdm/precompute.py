@@ -1,7 +1,7 @@
 """``python -m avdm.precompute data.csv=CSV data.video_dir=DIR [root=DIR] [model=...]``: write a latent cache.
 
-Reads the OpenVid clips of ``data`` (:class:`~avdm.data.openvid.OpenVidDataset`), encodes them with the VAE
-and text encoder of ``conf/model/<model>.yaml`` and writes the latents and text embeddings to ``root``
+Reads the OpenVid clips of ``data`` (:class:`~avdm.data.openvid_folder.OpenVidDataset`), encodes them with
+the VAE and text encoder of ``conf/model/<model>.yaml`` and writes the latents and text embeddings to ``root``
 (:mod:`avdm.data.latent_cache`); a rerun resumes. Train on it with ``data=latent_cache data.root=DIR``.
 Errors in the user's config or files end the run with one line on stderr and exit status 2.
 """
@@ -25,7 +25,7 @@ def precompute(cfg: DictConfig) -> dict[str, Any]:
 
     from avdm.config import validate_command
     from avdm.data.latent_cache import skipped_counts, write_latent_cache
-    from avdm.data.openvid import OpenVidDataset
+    from avdm.data.openvid_folder import OpenVidDataset
     from avdm.errors import AvdmUserError
 
     validate_command(

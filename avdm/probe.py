@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> dict[float, dict[str, float]]:
     if args.num < 1 or not all(0.0 < t < 1.0 for t in args.times):
         raise AvdmUserError(f"--num must be >= 1 and --times in (0, 1), got {args.num} and {args.times}")
     from avdm.data.latent_cache import LatentCacheDataset
-    from avdm.training.checkpoints import load_run
+    from avdm.training.checkpointing.run_loading import load_run
 
     run = load_run(args.ckpt)
     module = run.module

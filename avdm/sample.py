@@ -16,9 +16,9 @@ from torch import Tensor
 
 from avdm.data.visualize import video_grid, write_mp4
 from avdm.errors import ConfigError, report_user_errors
-from avdm.models.sampling import SCHEDULERS, make_scheduler, reference_sampler, sample_teacher
+from avdm.models.sampling import SCHEDULERS, latents_for_prompts, teacher_sampler
 from avdm.models.vae import decode_latents
-from avdm.training.checkpoints import LoadedRun, load_run
+from avdm.training.checkpointing.run_loading import LoadedRun, load_run
 
 
 def slug(prompt: str, limit: int = 40) -> str:
@@ -26,18 +26,15 @@ def slug(prompt: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit] or "prompt"
 
 
-@torch.no_grad()
 def teacher_latents(
     run: LoadedRun, prompts: list[str], seed: int, steps: int, scheduler: str, guidance: float
 ) -> Tensor:
     """Latents ``(B, C, F, H, W)`` of the run's frozen video teacher with a diffusers scheduler and CFG."""
     module = run.module
-    text = module.prompt_encoder(prompts)
-    uncond = module.prompt_encoder([""] * len(prompts)) if guidance != 1.0 else None
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.randn((len(prompts), *module.latent_shape), generator=rng)
-    sched = make_scheduler(scheduler, run.bundle.scheduler_config)
-    return sample_teacher(module.teachers.video, sched, z, text, uncond, steps, guidance, generator=rng)
+    sampler = teacher_sampler(module.teachers.video, run.bundle.scheduler_config, scheduler, steps, guidance)
+    return latents_for_prompts(
+        sampler, module.prompt_encoder, prompts, module.latent_shape, seed, guided=guidance != 1.0
+    )
 
 
 def write_videos(
@@ -79,8 +76,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if run.module.vae is None:
         raise ConfigError("model: the run has no VAE to decode samples with")
     if args.teacher:
-        default_scheduler, default_steps = reference_sampler(run.module.teachers.video)
-        scheduler, steps = args.scheduler or default_scheduler, args.steps or default_steps
+        family = run.module.family
+        scheduler, steps = args.scheduler or family.reference_sampler, args.steps or family.reference_steps
         if steps < 1:
             raise ConfigError(f"--steps must be >= 1 for the teacher, got {steps}")
         latents = teacher_latents(run, args.prompts, args.seed, steps, scheduler, args.guidance)

@@ -66,9 +66,9 @@ def sd15_shaped(num_frames: int, resolution: int):  # noqa: ANN201 (ModelBundle)
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from avdm.models.animatediff import DEFAULT_TINY_WORDS, SD15_SCHEDULER
-    from avdm.models.bundle import ModelBundle, PromptEncoder
-    from avdm.models.denoiser import VideoUNetDenoiser
+    from avdm.models.bundle import ModelBundle
+    from avdm.models.families.animatediff import FAMILY, SD15_SCHEDULER, VideoUNetDenoiser
+    from avdm.models.prompt_encoders import DEFAULT_TINY_WORDS, PromptEncoder
     from avdm.models.schedules import DDPMSchedule
     from avdm.models.tokenizer import build_word_tokenizer
 
@@ -101,13 +101,13 @@ def sd15_shaped(num_frames: int, resolution: int):  # noqa: ANN201 (ModelBundle)
     scheduler_config = dict(DDIMScheduler(**SD15_SCHEDULER).config)
     denoiser = VideoUNetDenoiser(motion, DDPMSchedule.from_scheduler_config(scheduler_config))
     latent_shape = (4, num_frames, resolution // 8, resolution // 8)
-    return ModelBundle(denoiser, None, prompt_encoder, vae, scheduler_config, {}, latent_shape)
+    return ModelBundle(FAMILY, denoiser, None, prompt_encoder, vae, scheduler_config, {}, latent_shape)
 
 
 def run(out_dir: Path, repeats: int = 3) -> dict[str, Any]:
     from avdm.config import asset_path
     from avdm.data.shapes import COMBINATIONS, caption
-    from avdm.models.animatediff import build_animatediff
+    from avdm.models.families.animatediff import build_animatediff
 
     torch.manual_seed(0)
     shapes = build_animatediff(

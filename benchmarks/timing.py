@@ -32,7 +32,7 @@ def timed_median(fn: Callable[[], Any], repeats: int) -> float:
 
 
 class IterationClock(L.Callback):
-    """Seconds of every training iteration of a :class:`~avdm.training.module.DistillationModule` (batch
+    """Seconds of every training iteration of a :class:`~avdm.training.distillation.DistillationModule` (batch
     start to batch end: data loading excluded), with whether it updated the generator and its
     backward-simulation index ``k`` (the module's own draw). ``rows``: ``(generator_step, k, seconds)``."""
 

@@ -36,7 +36,7 @@ def _seed_every_test():
 @pytest.fixture(scope="session")
 def tiny_bundle():
     """A tiny AnimateDiff teacher family: latents (4, 4, 16, 16), text (B, 16, 32). Do not modify it."""
-    from avdm.models.animatediff import build_animatediff
+    from avdm.models.families.animatediff import build_animatediff
 
     torch.manual_seed(0)
     return build_animatediff(source="tiny", num_frames=4, resolution=32, tiny={"unet": TINY_UNET})

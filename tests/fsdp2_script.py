@@ -26,9 +26,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from avdm.data import SyntheticLatentDataModule  # noqa: E402
 from avdm.losses import DenoisingGANLoss, FrameSDMLoss  # noqa: E402
-from avdm.models.animatediff import build_animatediff  # noqa: E402
-from avdm.models.wan import build_wan  # noqa: E402
-from avdm.training.module import DistillationModule  # noqa: E402
+from avdm.models.families.animatediff import build_animatediff  # noqa: E402
+from avdm.models.families.wan import build_wan  # noqa: E402
+from avdm.training.distillation import DistillationModule  # noqa: E402
 from avdm.training.sharded_strategy import ShardedStrategy  # noqa: E402
 from avdm.training.sharding import local_bytes, networks, reshard_all  # noqa: E402
 

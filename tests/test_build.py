@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from avdm.errors import MissingWeightsError
-from avdm.models.animatediff import build_animatediff
+from avdm.models.families.animatediff import build_animatediff
 from avdm.models.tokenizer import build_word_tokenizer
 
 

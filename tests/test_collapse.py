@@ -14,9 +14,9 @@ from avdm.data.synthetic_latents import SyntheticLatentDataModule
 from avdm.errors import ConfigError
 from avdm.losses import DenoisingGANLoss, FrameSDMLoss
 from avdm.metrics.collapse import colour_statistics, diversity, flicker, saturation, temporal_change
-from avdm.training.collapse_alarm import CollapseAlarm
-from avdm.training.diagnostics import CollapseDiagnostics, term_gradient_norms
-from avdm.training.module import DistillationModule
+from avdm.training.callbacks.collapse_alarm import CollapseAlarm
+from avdm.training.callbacks.diagnostics import CollapseDiagnostics, term_gradient_norms
+from avdm.training.distillation import DistillationModule
 from tests.conftest import cpu_trainer
 
 
@@ -135,7 +135,7 @@ def test_the_alarm_needs_the_diagnostics_and_refuses_bad_settings(tiny_bundle, t
 
 def test_plots_of_a_run_and_the_plot_cli(tmp_path, capsys):
     from avdm.plot import main
-    from avdm.training.run_plots import read_curves
+    from avdm.training.callbacks.plots import read_curves
 
     run = tmp_path / "run"
     (run / "csv").mkdir(parents=True)

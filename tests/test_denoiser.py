@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel, WanTransformer3DModel
 
-from avdm.models.denoiser import FrameUNetDenoiser, VideoTransformerDenoiser
+from avdm.models.families.animatediff import FrameUNetDenoiser
+from avdm.models.families.wan import VideoTransformerDenoiser
 from avdm.models.feature_tap import FeatureTap
 from avdm.models.schedules import DDPMSchedule, FlowMatchingSchedule
 

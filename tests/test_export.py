@@ -14,7 +14,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from avdm.losses.denoising import DenoisingLoss
-from avdm.training.module import DistillationModule
+from avdm.training.distillation import DistillationModule
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 PROMPTS = ["a red ball moving left", "a blue box moving up"]
@@ -113,7 +113,7 @@ def test_plain_diffusers_reproduces_the_fresh_noise_student(tiny_bundle, tmp_pat
 
 
 def test_deterministic_student_exports_as_trailing_ddim(tiny_bundle, tmp_path):
-    from avdm.export import student_scheduler
+    from avdm.export.schedulers import student_scheduler
 
     module = _student(tiny_bundle, renoise="deterministic")
     scheduler, call = student_scheduler(module.generator)
@@ -189,7 +189,7 @@ def test_sample_cli_writes_student_videos(trained_run, tmp_path):
 def test_sample_cli_teacher_and_export_cli_in_process(trained_run, tmp_path):
     from avdm.export import main as export_main
     from avdm.sample import main as sample_main
-    from avdm.training.checkpoints import load_run
+    from avdm.training.checkpointing.run_loading import load_run
 
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     paths = sample_main(
@@ -271,7 +271,7 @@ PLAIN_FLOW = textwrap.dedent(
 @pytest.mark.parametrize("renoise", ["fresh", "deterministic"])
 def test_plain_diffusers_reproduces_a_flow_student(tmp_path, renoise):
     from avdm.export import export_student
-    from avdm.models.wan import build_wan
+    from avdm.models.families.wan import build_wan
 
     bundle = build_wan(
         source="tiny",
@@ -364,7 +364,7 @@ PLAIN_LORA = textwrap.dedent(
 
 
 def _tiny_wan():
-    from avdm.models.wan import build_wan
+    from avdm.models.families.wan import build_wan
 
     return build_wan(
         source="tiny",
@@ -380,7 +380,7 @@ def test_a_lora_student_exports_lora_weights_that_plain_diffusers_loads(tmp_path
     """``pipe.load_lora_weights(STUDENT/lora)`` on the teacher's pipeline is the student's network (the
     adapter's alpha != rank, so a dropped scale would show)."""
     from avdm.export import export_student, export_teacher
-    from avdm.models.animatediff import build_animatediff
+    from avdm.models.families.animatediff import build_animatediff
     from avdm.models.lora import adapter_active
     from tests.conftest import TINY_UNET
 
@@ -391,7 +391,12 @@ def test_a_lora_student_exports_lora_weights_that_plain_diffusers_loads(tmp_path
         bundle = build_animatediff(source="tiny", num_frames=4, resolution=32, tiny={"unet": TINY_UNET})
     network = bundle.video_teacher.model
     teacher = export_teacher(
-        tmp_path / "teacher", network, bundle.vae, bundle.prompt_encoder, bundle.scheduler_config
+        tmp_path / "teacher",
+        bundle.family,
+        network,
+        bundle.vae,
+        bundle.prompt_encoder,
+        bundle.scheduler_config,
     )
     module = DistillationModule(
         bundle, {"denoising": DenoisingLoss()}, generator_lora={"rank": 4, "alpha": 8}

@@ -21,15 +21,15 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from avdm.train import CONFIG_DIR, fit
-from avdm.training.checkpoint_io import (
+from avdm.training.checkpointing.storage import (
     AtomicCheckpointIO,
     CheckpointError,
     CheckpointWriteError,
     nonfinite_tensors,
     read_checkpoint,
 )
-from avdm.training.checkpoints import load_run
-from avdm.training.module import NonFiniteLossError, NonFiniteWeightsError
+from avdm.training.checkpointing.run_loading import load_run
+from avdm.training.update import NonFiniteLossError, NonFiniteWeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

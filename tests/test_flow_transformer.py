@@ -14,14 +14,15 @@ from avdm.export import export_teacher
 from avdm.losses.base import StepContext, TeacherBank
 from avdm.losses.denoising import DenoisingLoss
 from avdm.metrics.word_swap import VARIANTS, swapped, word_swap_losses
-from avdm.models.denoiser import (
+from avdm.models.denoiser import count_parameter_storage
+from avdm.models.schedules import FlowMatchingSchedule
+from avdm.models.families.wan import (
     FrameTransformerDenoiser,
     VideoTransformerDenoiser,
-    count_parameter_storage,
+    build_wan,
     position_channels,
+    tiny_wan_transformer,
 )
-from avdm.models.schedules import FlowMatchingSchedule
-from avdm.models.wan import build_wan, tiny_wan_transformer
 
 SIZES = {"num_attention_heads": 2, "attention_head_dim": 8, "ffn_dim": 32, "num_layers": 2, "text_dim": 32}
 
@@ -102,6 +103,7 @@ def test_shared_encoders_give_the_shapes_latents_and_text():
 def test_flow_teacher_folder_round_trips(flow, tmp_path):
     export_teacher(
         tmp_path / "teacher",
+        flow.family,
         flow.video_teacher.model,
         flow.vae,
         flow.prompt_encoder,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 
-from avdm.training.checkpoint_io import read_checkpoint
+from avdm.training.checkpointing.storage import read_checkpoint
 
 
 def _free_port() -> int:
@@ -134,7 +134,7 @@ def test_unet_shard_units_are_the_modules_animatediffs_2d_view_is_built_of(tiny_
 def test_transformer_and_text_encoder_units_are_their_blocks():
     from fsdp2_script import WAN_TINY
 
-    from avdm.models.wan import build_wan
+    from avdm.models.families.wan import build_wan
     from avdm.training.sharding import shard_units
 
     bundle = build_wan(source="tiny", num_frames=4, resolution=16, tiny=WAN_TINY)
@@ -169,7 +169,7 @@ def _fake_sharded(folder: Path, tag: str) -> Path:
 
 
 def test_a_sharded_save_replaces_the_old_folder_and_a_crash_between_its_renames_is_undone(tmp_path):
-    from avdm.training.checkpoint_io import recover_renamed_checkpoint
+    from avdm.training.checkpointing.storage import recover_renamed_checkpoint
     from avdm.training.sharded_strategy import _swap_in
 
     last = _fake_sharded(tmp_path / "last.ckpt", "old")

@@ -23,9 +23,9 @@ from avdm.data.latent_cache import (
     skipped_counts,
     write_latent_cache,
 )
-from avdm.data.openvid import OpenVidDataset
+from avdm.data.openvid_folder import OpenVidDataset
 from avdm.errors import AvdmUserError
-from avdm.models.animatediff import build_animatediff
+from avdm.models.families.animatediff import build_animatediff
 from avdm.models.vae import encode_pixels
 from tests.video_fixtures import make_bad_videos, make_video, write_csv
 

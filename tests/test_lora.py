@@ -15,9 +15,9 @@ from torch import nn
 from avdm.data.synthetic_latents import SyntheticLatentDataModule
 from avdm.errors import ConfigError
 from avdm.losses import DenoisingGANLoss, FrameSDMLoss
-from avdm.models.animatediff import build_animatediff
+from avdm.models.families.animatediff import build_animatediff
 from avdm.models.lora import AdapterDenoiser
-from avdm.training.module import DistillationModule
+from avdm.training.distillation import DistillationModule
 from tests.conftest import TINY_UNET, cpu_trainer
 
 LORA = {"rank": 4, "alpha": 4}
@@ -151,7 +151,7 @@ def test_merged_network_is_the_student_as_a_plain_diffusers_model():
     from diffusers import UNetMotionModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from avdm.models.denoiser import VideoUNetDenoiser
+    from avdm.models.families.animatediff import VideoUNetDenoiser
     from avdm.models.lora import merged_network
 
     module = _module()

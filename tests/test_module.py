@@ -10,7 +10,7 @@ from torch import nn
 from avdm.data import SyntheticLatentDataModule
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext
 from avdm.losses.denoising import DenoisingLoss
-from avdm.training.module import DistillationModule
+from avdm.training.distillation import DistillationModule
 from tests.conftest import cpu_trainer
 
 
@@ -130,7 +130,7 @@ def test_a_transient_nonfinite_loss_is_skipped_and_counted(tiny_bundle, tmp_path
 
 
 def test_repeated_nonfinite_losses_stop_training_naming_the_term(tiny_bundle, tmp_path):
-    from avdm.training.module import NonFiniteLossError
+    from avdm.training.update import NonFiniteLossError
 
     module = DistillationModule(
         tiny_bundle,
@@ -149,7 +149,7 @@ def test_repeated_nonfinite_losses_stop_training_naming_the_term(tiny_bundle, tm
 def test_ema_follows_the_generator_and_samples_are_written(tiny_bundle, tmp_path):
     import av
 
-    from avdm.training.callbacks import SampleVideos
+    from avdm.training.callbacks.samples import SampleVideos
 
     module = _module(tiny_bundle, ema_decay=0.5)
     samples = SampleVideos(str(tmp_path), every_n_steps=1, prompts=["a red ball moving left", "a blue box"])

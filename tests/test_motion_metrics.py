@@ -87,7 +87,7 @@ def test_track_reads_the_path_in_pixels():
 
 def test_training_samples_are_scored_for_shapes_captions(clips):
     from avdm.data.shapes import caption
-    from avdm.training.callbacks import shapes_sample_scores
+    from avdm.training.callbacks.samples import shapes_sample_scores
 
     prompts = [caption(*COMBINATIONS[i % len(COMBINATIONS)]) for i in range(len(clips))]
     real = shapes_sample_scores(_as_float(clips), prompts)

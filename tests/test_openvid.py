@@ -13,13 +13,10 @@ import pytest
 import torch
 from video_fixtures import make_bad_videos, make_truncated, make_video, write_csv, write_shard
 
-from avdm.data.openvid import (
-    DataSourceError,
-    OpenVidDataModule,
-    OpenVidDataset,
-    OpenVidShardDataset,
-    ShardLoader,
-)
+from avdm.data.openvid import OpenVidDataModule, ShardLoader
+from avdm.data.openvid_folder import OpenVidDataset
+from avdm.data.openvid_shards import OpenVidShardDataset
+from avdm.data.openvid_sources import DataSourceError
 from avdm.data.resumable import ResumableDataLoader
 from avdm.data.video_io import REASONS
 from avdm.errors import AvdmUserError, ConfigError

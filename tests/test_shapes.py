@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from avdm.data.openvid import OpenVidDataset
+from avdm.data.openvid_folder import OpenVidDataset
 from avdm.data.shapes import (
     BACKGROUND,
     COMBINATIONS,

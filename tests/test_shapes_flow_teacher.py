@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from avdm.config import CONFIG_DIR, asset_path
 from avdm.data.shapes import COLOURS, DIRECTIONS, SHAPES, caption
 from avdm.metrics import PromptAccuracy
-from avdm.models.denoiser import FrameTransformerDenoiser
+from avdm.models.families.wan import FrameTransformerDenoiser
 from avdm.models.sampling import make_scheduler, reference_sampler, sample_teacher
 from avdm.models.vae import decode_latents
 

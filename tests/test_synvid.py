@@ -31,7 +31,7 @@ from avdm.losses.base import StepContext, TeacherBank
 from avdm.models.denoiser import trainable_copy
 from avdm.models.generator import FewStepGenerator
 from avdm.models.sampling import make_scheduler, sample_teacher
-from avdm.models.wan import build_wan
+from avdm.models.families.wan import build_wan
 
 PROMPTS = [
     "a red ball moving left",
@@ -295,7 +295,7 @@ def _compose(name: str, *overrides: str):
 def test_accvideo_experiments_compose_and_validate():
     tiny = _compose("train", "+experiment=accvideo_tiny", "paths.output_dir=/tmp/x")
     validate(tiny)
-    assert set(tiny.loss) == {"regression", "gan"} and tiny.model._target_ == "avdm.models.wan.build_wan"
+    assert set(tiny.loss) == {"regression", "gan"} and tiny.model._target_ == "avdm.models.families.wan.build_wan"
     # The ladder is the times of the key points the student learns from: 5 of an 8-step SynVid (shift 3).
     assert list(tiny.module.generator_timesteps) == pytest.approx(
         _key_timesteps(8, 3.0, [0, 2, 4, 6]), abs=1e-3

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from avdm.errors import ConfigError
 from avdm.losses import DenoisingLoss
 from avdm.losses.base import StepContext
-from avdm.models.animatediff import spatial_unet, tiny_motion_unet
+from avdm.models.families.animatediff import spatial_unet, tiny_motion_unet
 from avdm.train import CONFIG_DIR, fit
 from avdm.training.optim import param_groups_by_pattern
 

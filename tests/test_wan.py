@@ -10,17 +10,13 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from avdm.config import CONFIG_DIR
 from avdm.errors import MissingWeightsError
-from avdm.models.denoiser import VideoTransformerDenoiser
+from avdm.models.families.wan import VideoTransformerDenoiser
 from avdm.models.sampling import make_scheduler
 from avdm.models.schedules import FlowMatchingSchedule
 from avdm.models.tokenizer import build_word_tokenizer
-from avdm.models.wan import (
-    MaskedPromptEncoder,
-    build_wan,
-    latent_shape,
-    tiny_wan_vae,
-    vae_factors,
-)
+from avdm.models.families.wan import build_wan, latent_shape, tiny_wan_vae
+from avdm.models.prompt_encoders import MaskedPromptEncoder
+from avdm.models.vae import vae_factors
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DConditionModel
 
-from avdm.models.animatediff import build_animatediff, spatial_unet
+from avdm.models.families.animatediff import build_animatediff, spatial_unet
 from avdm.models.denoiser import count_parameter_storage
 
 
@@ -45,7 +45,7 @@ def test_editing_the_video_teacher_changes_the_image_teacher(tiny_unet_sizes):
 
 def test_distillation_module_holds_one_teacher_copy(tiny_bundle):
     from avdm.losses.denoising import DenoisingLoss
-    from avdm.training.module import DistillationModule
+    from avdm.training.distillation import DistillationModule
 
     module = DistillationModule(tiny_bundle, {"denoising": DenoisingLoss()})
     teacher_params = sum(p.numel() for p in module.teachers.parameters())

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from avdm.data.openvid import DataSourceError, read_openvid_csv
+from avdm.data.openvid_sources import DataSourceError, read_openvid_csv
 from avdm.data.video_io import BadVideoError, clip_indices, clip_span, read_clip, scan_video
 
 

@@ -47,7 +47,8 @@ from torch.utils.data import Dataset
 from avdm.data.shard_store import INDEX, ShardStore, canonical, config_hash  # noqa: F401 (INDEX re-exported)
 from avdm.data.stored_latents import StoredLatentDataModule
 from avdm.errors import AvdmUserError
-from avdm.models.bundle import ModelBundle, parse_dtype
+from avdm.models.bundle import ModelBundle
+from avdm.models.pretrained import parse_dtype
 from avdm.models.vae import encode_pixels
 
 FORMAT = "avdm-latent-cache/1"

@@ -3,7 +3,7 @@
 A clip shows a filled circle, square or triangle of one palette colour that moves at a constant
 speed in one direction, from a seeded random start, staying fully inside the frame. Its caption is
 ``"a {colour} {shape} moving {direction}"``. :func:`write_shapes_dataset` writes clips as mp4 files
-plus a CSV in OpenVid's layout (``video``, ``caption``), so :class:`avdm.data.openvid.OpenVidDataset`
+plus a CSV in OpenVid's layout (``video``, ``caption``), so :class:`avdm.data.openvid_folder.OpenVidDataset`
 reads them; :mod:`avdm.metrics.prompt_accuracy` reads the three words back from pixels.
 
 CLI: ``python -m avdm.data.shapes ROOT --num-videos N``; ``python -m avdm.data.shapes FILE

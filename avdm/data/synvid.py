@@ -46,7 +46,8 @@ from torch.utils.data import Dataset
 from avdm.data.shard_store import INDEX, ShardStore, canonical, config_hash  # noqa: F401 (INDEX re-exported)
 from avdm.data.stored_latents import StoredLatentDataModule
 from avdm.errors import AvdmUserError, ConfigError
-from avdm.models.bundle import ModelBundle, parse_dtype
+from avdm.models.bundle import ModelBundle
+from avdm.models.pretrained import parse_dtype
 from avdm.models.denoiser import Denoiser
 from avdm.models.generator import FewStepGenerator
 from avdm.models.sampling import make_scheduler, sample_teacher

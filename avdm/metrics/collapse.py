@@ -2,7 +2,7 @@
 
 Each function takes videos ``(B, C, F, H, W)`` (pixels in ``[-1, 1]`` or latents) and returns a 0-d
 tensor; :func:`collapse_statistics` gathers them. Read against the teacher's values from the same noise
-(:class:`avdm.training.diagnostics.CollapseDiagnostics` logs both):
+(:class:`avdm.training.callbacks.diagnostics.CollapseDiagnostics` logs both):
 
 * ``diversity``: samples of one prompt from different noise alike (mode collapse): 0 when identical;
 * ``temporal_change``: static video: 0 when every frame is the first;

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from avdm.data.shapes import COLOURS, caption, parse_caption
-from avdm.models.bundle import PromptEncoder
 from avdm.models.denoiser import Denoiser
+from avdm.models.prompt_encoders import PromptEncoder
 
 SIGN = {"left": "right", "right": "left", "up": "down", "down": "up"}
 AXIS = {"left": "up", "up": "left", "right": "down", "down": "right"}

@@ -1,49 +1,17 @@
-"""What a model builder returns, and loading from pretrained weights with a one-sentence failure."""
+"""What a family builder returns: :class:`ModelBundle`."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from avdm.errors import MissingWeightsError
+from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser
-
-T = TypeVar("T")
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
-
-
-class PromptEncoder(nn.Module):
-    """Tokenizer + text encoder: ``list[str] -> (B, L, D)`` text embeddings (``last_hidden_state``)."""
-
-    def __init__(self, tokenizer: Any, text_encoder: nn.Module, max_length: int | None = None) -> None:
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
-        self.max_length = max_length or tokenizer.model_max_length
-
-    @torch.no_grad()
-    def forward(self, prompts: list[str]) -> Tensor:
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
-        return self.text_encoder(ids)[0]
+from avdm.models.families import Family
+from avdm.models.pretrained import DTYPES
+from avdm.models.prompt_encoders import PromptEncoder
 
 
 @dataclass
@@ -51,6 +19,7 @@ class ModelBundle:
     """Everything a distillation run reads from one teacher family.
 
     Attributes:
+        family: the teacher family (:class:`~avdm.models.families.Family`): its reference sampler, its export.
         video_teacher: the video denoiser (AnimateDiff UNet, video transformer).
         image_teacher: the frame-level (2D) denoiser; may share every weight with ``video_teacher``.
         prompt_encoder: prompts -> text embeddings ``(B, L, D)``.
@@ -62,6 +31,7 @@ class ModelBundle:
             float32 master weights.
     """
 
+    family: Family
     video_teacher: Denoiser
     image_teacher: Denoiser | None
     prompt_encoder: PromptEncoder
@@ -73,30 +43,6 @@ class ModelBundle:
 
     def __post_init__(self) -> None:
         if self.teacher_dtype not in DTYPES:
-            from avdm.errors import ConfigError
-
             raise ConfigError(
                 f"model.teacher_dtype={self.teacher_dtype!r}: expected one of {', '.join(DTYPES)}"
             )
-
-
-def load_pretrained(what: str, config_key: str, loader: Callable[..., T], source: str, **kwargs: Any) -> T:
-    """``loader(source, **kwargs)`` (a diffusers / transformers ``from_pretrained``), or one clear error.
-
-    Raises:
-        MissingWeightsError: naming ``what`` is missing and the ``config_key`` to point at a local copy.
-    """
-    looks_local = source.startswith(("/", ".", "~")) or source.count("/") > 1  # hub ids are "owner/name"
-    if looks_local and not Path(source).expanduser().exists():
-        raise MissingWeightsError(
-            f"Missing {what}: the local path '{source}' does not exist; "
-            f"set {config_key}=/path/to/a/local/copy."
-        )
-    try:
-        return loader(source, **kwargs)
-    except (OSError, ValueError) as err:  # hub errors derive from OSError / ValueError
-        hint = "" if os.environ.get("HF_HUB_OFFLINE") != "1" else " (HF_HUB_OFFLINE=1)"
-        raise MissingWeightsError(
-            f"Missing {what}: '{source}' is not a local directory and could not be loaded from the "
-            f"Hugging Face hub or its cache{hint}; download it and set {config_key}=/path/to/a/local/copy."
-        ) from err

@@ -1,9 +1,14 @@
-"""The teacher's reference sampler: diffusers schedulers, N steps, classifier-free guidance
-(:mod:`avdm.models.sampler_steps`)."""
+"""Sampling: the one path from prompts to latents (:func:`latents_for_prompts`), and the teacher's sampler
+(diffusers schedulers, N steps, classifier-free guidance: :mod:`avdm.models.sampler_steps`).
+
+Every caller that turns prompts into latents (``avdm.sample``, ``avdm.compare``, the diagnostics, the
+sample callback, ``DistillationModule.sample``) goes through :func:`latents_for_prompts`, so the same prompt
+at the same index and seed starts from the same noise everywhere, whatever the batch size.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -12,22 +17,18 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from avdm.models.denoiser import Denoiser
-from avdm.models.sampler_steps import CFG_CONVENTIONS, classifier_free_guidance, guided_prediction  # noqa: F401
-from avdm.models.schedules import FlowMatchingSchedule
+from avdm.models.generator import FewStepGenerator
+from avdm.models.prompt_encoders import PromptEncoder
+from avdm.models.sampler_steps import guided_prediction
+
+# (z, text, uncond or None, rng) -> latents, all (B, ...) and on one device.
+Sampler = Callable[[Tensor, Tensor, "Tensor | None", torch.Generator], Tensor]
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "ddim": DDIMScheduler,
     "euler": EulerDiscreteScheduler,
     "flow_euler": FlowMatchEulerDiscreteScheduler,
 }
-
-
-def reference_sampler(denoiser: Denoiser) -> tuple[str, int]:
-    """A teacher's own sampler and step count: flow Euler, 50 steps, for flow-matching teachers (Wan's
-    default); DDIM, 25 steps, for DDPM teachers (AnimateDiff's)."""
-    if isinstance(denoiser.schedule, FlowMatchingSchedule):
-        return "flow_euler", 50
-    return "ddim", 25
 
 
 def make_scheduler(name: str, scheduler_config: dict[str, Any], **overrides: Any) -> SchedulerMixin:
@@ -71,3 +72,64 @@ def sample_teacher(
         if on_step is not None:
             on_step(t, x)
     return x
+
+
+def prompt_noise(latent_shape: Sequence[int], count: int, seed: int, first: int = 0) -> Tensor:
+    """Starting noise ``(count, C, F, H, W)``: video ``first + i``'s drawn from its own seed
+    ``seed * 100_003 + first + i``, so a video's noise does not depend on the batch it is in."""
+    return torch.stack(
+        [
+            torch.randn(tuple(latent_shape), generator=torch.Generator().manual_seed(seed * 100_003 + i))
+            for i in range(first, first + count)
+        ]
+    )
+
+
+@torch.no_grad()
+def latents_for_prompts(
+    sampler: Sampler,
+    prompt_encoder: PromptEncoder,
+    prompts: Sequence[str],
+    latent_shape: Sequence[int],
+    seed: int = 0,
+    first: int = 0,
+    guided: bool = False,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Prompts -> text and (``guided``) empty-prompt embeddings -> seeded noise -> ``sampler`` latents.
+
+    Args:
+        prompts: the batch; ``first`` is the index of its first prompt in the whole set (noise, rng).
+        latent_shape: ``(C, F, H, W)`` of one clip's latent.
+        guided: also encode the empty prompt (the sampler's ``uncond``; ``None`` otherwise).
+
+    Returns:
+        ``(B, C, F, H, W)`` latents; the sampler's own randomness comes from a generator seeded
+        ``seed + first``.
+    """
+    text = prompt_encoder(list(prompts)).to(device)
+    uncond = prompt_encoder([""]).to(device).expand(len(prompts), -1, -1) if guided else None
+    z = prompt_noise(latent_shape, len(prompts), seed, first).to(device)
+    return sampler(z, text, uncond, torch.Generator().manual_seed(seed + first))
+
+
+def student_sampler(generator: FewStepGenerator, num_steps: int | None = None) -> Sampler:
+    """The few-step generator as a :data:`Sampler` (no guidance: ``uncond`` is ignored)."""
+
+    def sample(z: Tensor, text: Tensor, uncond: Tensor | None, rng: torch.Generator) -> Tensor:
+        return generator.sample(z, text, num_steps, generator=rng)
+
+    return sample
+
+
+def teacher_sampler(
+    denoiser: Denoiser, scheduler_config: dict[str, Any], kind: str, steps: int, guidance: float
+) -> Sampler:
+    """The frozen teacher with a fresh diffusers scheduler of ``kind`` per call, ``steps`` steps, CFG
+    ``guidance`` (applied when the caller passes ``uncond``)."""
+
+    def sample(z: Tensor, text: Tensor, uncond: Tensor | None, rng: torch.Generator) -> Tensor:
+        scheduler = make_scheduler(kind, scheduler_config)
+        return sample_teacher(denoiser, scheduler, z, text, uncond, steps, guidance, generator=rng)
+
+    return sample

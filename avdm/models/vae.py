@@ -8,8 +8,11 @@ the whole clip on normalized latents ``(z - mean) / std``.
 from __future__ import annotations
 
 import torch
+from diffusers import AutoencoderKL, AutoencoderKLWan
 from einops import rearrange
 from torch import Tensor, nn
+
+from avdm.models.pretrained import load_pretrained, subfolder_config
 
 
 def _video_stats(vae: nn.Module, like: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -57,3 +60,28 @@ def decode_latents(vae: nn.Module, latents: Tensor, chunk: int = 16) -> Tensor:
     frames = (rearrange(latents, "b c f h w -> (b f) c h w") / _scaling(vae)).to(dtype)
     pixels = torch.cat([vae.decode(part).sample for part in frames.split(chunk)])
     return rearrange(pixels.float().clamp(-1, 1), "(b f) c h w -> b c f h w", b=b)
+
+
+def vae_factors(vae: nn.Module) -> tuple[int, int]:
+    """``(temporal, spatial)`` compression of a VAE, read from its architecture: Wan's causal video VAE, or
+    an image VAE (``AutoencoderKL``, time factor 1) run per frame."""
+    cfg = vae.config
+    if hasattr(cfg, "temperal_downsample"):
+        return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
+    return 1, 2 ** (len(cfg.block_out_channels) - 1)
+
+
+def load_vae(source: str, subfolder: str | None, key: str, dtype: torch.dtype, local: bool) -> nn.Module:
+    """The VAE of a diffusers folder: ``AutoencoderKL`` (image VAE, per frame) or ``AutoencoderKLWan``,
+    by the ``_class_name`` of its config (hub ids: Wan's)."""
+    config = subfolder_config(source, subfolder or "")
+    cls = AutoencoderKL if (config or {}).get("_class_name") == "AutoencoderKL" else AutoencoderKLWan
+    return load_pretrained(
+        f"the VAE ({cls.__name__})",
+        key,
+        cls.from_pretrained,
+        source,
+        subfolder=subfolder,
+        torch_dtype=dtype,
+        local_files_only=local,
+    )

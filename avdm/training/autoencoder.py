@@ -57,6 +57,7 @@ class AutoencoderModule(L.LightningModule):
         self.vae.requires_grad_(True)
         self.scheduler_config = dict(models.scheduler_config)
         self.sources = dict(models.sources)
+        self.family = models.family
         self.unet = models.video_teacher.model
         self.prompt_encoder = models.prompt_encoder
         freeze_(self.unet)
@@ -106,10 +107,11 @@ class AutoencoderModule(L.LightningModule):
         return float(self.latent_second_moment.rsqrt())
 
     def pipeline_parts(self) -> dict[str, Any]:
-        """What :func:`~avdm.training.pipeline_export.export_teacher` writes: the trained VAE, with its
+        """What :func:`~avdm.export.export_teacher` writes: the trained VAE, with its
         ``scaling_factor`` set, beside the bundle's (untrained) UNet and prompt encoder."""
         self.vae.register_to_config(scaling_factor=self.scaling_factor)
         return {
+            "family": self.family,
             "model": self.unet,
             "vae": self.vae,
             "prompt_encoder": self.prompt_encoder,

@@ -3,7 +3,7 @@
 ``train``, ``sample``, ``export``, ``compare`` and checkpoint loading all build through here, so a run is
 rebuilt exactly as it was trained. The module is a Hydra node (``conf/module/*.yaml``): its ``_target_``
 is called with the model bundle and, when it takes them, the loss plugins of ``cfg.loss``
-(:class:`~avdm.training.module.DistillationModule` does; the VAE stage's
+(:class:`~avdm.training.distillation.DistillationModule` does; the VAE stage's
 :class:`~avdm.training.autoencoder.AutoencoderModule` does not).
 """
 

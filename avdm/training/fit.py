@@ -23,15 +23,15 @@ from omegaconf import DictConfig
 from avdm.config import validate
 from avdm.errors import AvdmUserError
 from avdm.training.build import build_module
-from avdm.training.callbacks import IterationProgressBar
-from avdm.training.checkpoint_io import (
+from avdm.training.callbacks.final_checkpoint import EXIT_CODES, FinalCheckpoint
+from avdm.training.callbacks.progress import IterationProgressBar
+from avdm.training.checkpointing.storage import (
     AtomicCheckpointIO,
     read_fitting_checkpoint,
     recover_renamed_checkpoint,
 )
 from avdm.training.loggers import build_loggers, log_config
-from avdm.training.module import NonFiniteLossError, NonFiniteWeightsError
-from avdm.training.stopping import EXIT_CODES, FinalCheckpoint
+from avdm.training.update import NonFiniteLossError, NonFiniteWeightsError
 
 log = logging.getLogger("avdm.train")
 

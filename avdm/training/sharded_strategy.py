@@ -7,7 +7,7 @@ Kept beside Lightning's strategy (not instead of it) for three things it does no
   checkpoint for every key of the model, so a checkpoint without the teacher would not load;
 * a sharded checkpoint folder is written beside its target and renamed over it once every rank has
   written its shard, so a failed or killed save leaves the previous ``last.ckpt`` whole (what
-  :class:`~avdm.training.checkpoint_io.AtomicCheckpointIO` does for files);
+  :class:`~avdm.training.checkpointing.storage.AtomicCheckpointIO` does for files);
 * weights that are not finite are refused before any rank writes (one line, all ranks agree).
 """
 
@@ -23,7 +23,7 @@ from lightning.fabric.utilities.load import _METADATA_FILENAME
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from avdm.training.checkpoint_io import (
+from avdm.training.checkpointing.storage import (
     AtomicCheckpointIO,
     CheckpointWriteError,
     is_sharded_checkpoint,

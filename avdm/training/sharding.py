@@ -14,7 +14,8 @@ Shard units (one all-gather each):
 * a UNet (``down_blocks``): every child of every down / mid / up block (resnets, attentions, motion
   modules, samplers) and every top-level child with weights (``conv_in``, the time embedding, ...).
   AnimateDiff's 2D teacher view is a second ``UNet2DConditionModel`` built of the *same* children
-  (:func:`~avdm.models.animatediff.spatial_unet`), so a unit must be such a shared child, not a block;
+  (:func:`~avdm.models.families.animatediff.spatial_unet`), so a unit must be such a shared child, not a
+  block;
 * a transformer: each of its ``blocks`` / ``transformer_blocks``, the rest under the network's root;
 * a text encoder: the modules its class names in ``_no_split_modules`` (``T5Block``, ``CLIPEncoderLayer``).
 
@@ -34,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from avdm.errors import ConfigError
-from avdm.models.bundle import DTYPES
+from avdm.models.pretrained import DTYPES
 
 BLOCK_LISTS = ("blocks", "transformer_blocks", "single_transformer_blocks")
 
@@ -127,8 +128,8 @@ def shard_units(network: nn.Module) -> list[nn.Module]:
 def networks(module: nn.Module) -> list[nn.Module]:
     """Every network a denoiser view runs, the prompt encoder's text encoder: largest first, so that a
     view built of another network's modules (AnimateDiff's 2D teacher) comes after it."""
-    from avdm.models.bundle import PromptEncoder
     from avdm.models.denoiser import Denoiser
+    from avdm.models.prompt_encoders import PromptEncoder
 
     found: dict[int, nn.Module] = {}
     for sub in module.modules():

@@ -14,12 +14,19 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from einops import rearrange
+from torch import Tensor, nn
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from avdm.models.bundle import ModelBundle, PromptEncoder, load_pretrained, parse_dtype
-from avdm.models.denoiser import FrameUNetDenoiser, VideoUNetDenoiser
+from avdm.models.bundle import ModelBundle
+from avdm.models.denoiser import Denoiser
+from avdm.models.families import Family
+from avdm.models.pretrained import load_pretrained, parse_dtype
+from avdm.models.prompt_encoders import PromptEncoder, tiny_prompt_encoder
 from avdm.models.schedules import DDPMSchedule
-from avdm.models.tokenizer import build_word_tokenizer
+
+# The teacher's own sampler: DDIM, 25 steps (AnimateDiff's default).
+FAMILY = Family(name="animatediff", reference_sampler="ddim", reference_steps=25)
 
 _TO_2D_BLOCK = {
     "CrossAttnDownBlockMotion": "CrossAttnDownBlock2D",
@@ -38,10 +45,55 @@ SD15_SCHEDULER = {
     "steps_offset": 1,
 }
 
-DEFAULT_TINY_WORDS = (
-    "a an the red green blue yellow white black purple orange circle square triangle ball box "
-    "moving left right up down towards away static bouncing spinning on in of and with background"
-).split()
+
+def _unet_feature_layers(unet: nn.Module) -> tuple[str, ...]:
+    return tuple(f"down_blocks.{i}" for i in range(len(unet.down_blocks))) + ("mid_block",)
+
+
+class VideoUNetDenoiser(Denoiser):
+    """diffusers ``UNetMotionModel`` (AnimateDiff): SD UNet + motion modules.
+
+    ``UNetMotionModel`` folds frames into the batch inside and wants the text embeddings already
+    repeated per frame ``(B * F, L, D)``; this view does that.
+    """
+
+    def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
+        frames = x_t.shape[2]
+        text = text.repeat_interleave(frames, dim=0)
+        return self.model(x_t, timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+    def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
+        return rearrange(feature, "(b f) c h w -> b c f h w", b=x_t.shape[0])
+
+    @property
+    def default_feature_layers(self) -> tuple[str, ...]:
+        return _unet_feature_layers(self.model)
+
+
+class FrameUNetDenoiser(Denoiser):
+    """An image model (``UNet2DConditionModel``) applied to every frame of a video latent.
+
+    Frames are folded into the batch: ``(B, C, F, H, W) -> (B * F, C, H, W)``, text is repeated
+    per frame, and the output is unfolded again. This is the 2D teacher / 2D fake score of AVDM2.
+    """
+
+    def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
+        b, _, f = x_t.shape[:3]
+        frames = rearrange(x_t, "b c f h w -> (b f) c h w")
+        out = self.model(
+            frames,
+            timestep.repeat_interleave(f, dim=0),
+            encoder_hidden_states=text.repeat_interleave(f, dim=0),
+            return_dict=False,
+        )[0]
+        return rearrange(out, "(b f) c h w -> b c f h w", b=b)
+
+    def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
+        return rearrange(feature, "(b f) c h w -> b c f h w", b=x_t.shape[0])
+
+    @property
+    def default_feature_layers(self) -> tuple[str, ...]:
+        return _unet_feature_layers(self.model)
 
 
 def spatial_unet(motion_unet: UNetMotionModel) -> UNet2DConditionModel:
@@ -143,29 +195,6 @@ def tiny_vae(
     )
 
 
-def tiny_prompt_encoder(
-    hidden_size: int = 32,
-    num_layers: int = 2,
-    num_heads: int = 2,
-    max_length: int = 16,
-    words: Sequence[str] = DEFAULT_TINY_WORDS,
-) -> PromptEncoder:
-    """A small CLIP text encoder with the project's offline word tokenizer."""
-    tokenizer = build_word_tokenizer(words, max_length=max_length)
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        max_position_embeddings=max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return PromptEncoder(tokenizer, CLIPTextModel(config), max_length=max_length)
-
-
 def _schedule(scheduler_config: dict[str, Any], override: dict[str, Any] | None) -> DDPMSchedule:
     return DDPMSchedule.from_scheduler_config({**scheduler_config, **(override or {})})
 
@@ -202,101 +231,17 @@ def build_animatediff(
     if source not in ("pretrained", "tiny"):
         raise ValueError(f"model.source must be 'pretrained' or 'tiny', got {source!r}")
     if source == "tiny":
-        torch.manual_seed(seed)
-        sizes = tiny or {}
-        motion = tiny_motion_unet(**sizes.get("unet", {}))
-        vae = tiny_vae(**sizes.get("vae", {}))
-        prompt_encoder = tiny_prompt_encoder(**sizes.get("text", {}))
-        scheduler_config = dict(DDIMScheduler(**SD15_SCHEDULER).config)
-        sources = {"teacher": f"tiny (random init, seed {seed})"}
         if image_teacher != "shared":
             raise ValueError("model.image_teacher must be 'shared' for tiny models")
+        motion, vae, prompt_encoder, scheduler_config, sources = _tiny_parts(tiny or {}, seed)
+        dtype, local = torch.float32, False
     else:
         p = dict(pretrained or {})
-        base = p.get("base_model")
-        if not base:
-            raise ValueError("model.pretrained.base_model must name a hub id or local folder")
-        dtype = parse_dtype(p.get("dtype", "float32"))
-        common = {"torch_dtype": dtype, "local_files_only": p.get("local_files_only", False)}
-        if p.get("motion_adapter"):
-            unet2d = load_pretrained(
-                "the base image UNet",
-                "model.pretrained.base_model",
-                UNet2DConditionModel.from_pretrained,
-                base,
-                subfolder="unet",
-                **common,
-            )
-            adapter = load_pretrained(
-                "the AnimateDiff motion adapter",
-                "model.pretrained.motion_adapter",
-                MotionAdapter.from_pretrained,
-                p["motion_adapter"],
-                **common,
-            )
-            motion = UNetMotionModel.from_unet2d(unet2d, adapter)
-            del unet2d, adapter
-        else:
-            motion = load_pretrained(
-                "the AnimateDiff UNet",
-                "model.pretrained.base_model",
-                UNetMotionModel.from_pretrained,
-                base,
-                subfolder="unet",
-                **common,
-            )
-        vae_src = p.get("vae") or base
-        vae = load_pretrained(
-            "the VAE",
-            "model.pretrained.vae",
-            AutoencoderKL.from_pretrained,
-            vae_src,
-            subfolder=None if p.get("vae") else "vae",
-            **common,
-        )
-        tokenizer = load_pretrained(
-            "the tokenizer",
-            "model.pretrained.base_model",
-            CLIPTokenizer.from_pretrained,
-            base,
-            subfolder="tokenizer",
-            local_files_only=common["local_files_only"],
-        )
-        text_encoder = load_pretrained(
-            "the text encoder",
-            "model.pretrained.base_model",
-            CLIPTextModel.from_pretrained,
-            base,
-            subfolder="text_encoder",
-            **common,
-        )
-        prompt_encoder = PromptEncoder(tokenizer, text_encoder)
-        scheduler_config = dict(
-            load_pretrained(
-                "the scheduler config",
-                "model.pretrained.base_model",
-                DDIMScheduler.from_pretrained,
-                base,
-                subfolder="scheduler",
-                local_files_only=common["local_files_only"],
-            ).config
-        )
-        sources = {"teacher": base, "motion_adapter": str(p.get("motion_adapter")), "vae": vae_src}
+        dtype, local = parse_dtype(p.get("dtype", "float32")), bool(p.get("local_files_only", False))
+        motion, vae, prompt_encoder, scheduler_config, sources = _pretrained_parts(p, dtype, local)
 
     video = VideoUNetDenoiser(motion, _schedule(scheduler_config, video_schedule))
-    if image_teacher == "shared":
-        image_unet = spatial_unet(motion)
-        sources["image_teacher"] = "shared with the video teacher (motion modules off)"
-    else:
-        image_unet = load_pretrained(
-            "the 2D image teacher",
-            "model.image_teacher",
-            UNet2DConditionModel.from_pretrained,
-            image_teacher,
-            subfolder="unet",
-            **common,
-        )
-        sources["image_teacher"] = image_teacher
+    image_unet = _image_unet(motion, image_teacher, dtype, local, sources)
     image = FrameUNetDenoiser(image_unet, _schedule(scheduler_config, image_schedule))
     # Reference sampling of the video teacher uses the video schedule (AnimateDiff: linear betas).
     scheduler_config = {**scheduler_config, **(video_schedule or {})}
@@ -306,5 +251,80 @@ def build_animatediff(
         raise ValueError(f"model.resolution must be a multiple of the VAE factor {scale}, got {resolution}")
     latent_shape = (motion.config.in_channels, num_frames, resolution // scale, resolution // scale)
     return ModelBundle(
-        video, image, prompt_encoder, vae, scheduler_config, sources, latent_shape, teacher_dtype
+        FAMILY, video, image, prompt_encoder, vae, scheduler_config, sources, latent_shape, teacher_dtype
     )
+
+
+Parts = tuple[UNetMotionModel, AutoencoderKL, PromptEncoder, dict[str, Any], dict[str, str]]
+
+
+def _tiny_parts(sizes: dict[str, Any], seed: int) -> Parts:
+    """Random-weight UNet + motion adapter, VAE and prompt encoder of ``model.tiny`` sizes; SD1.5's
+    scheduler."""
+    torch.manual_seed(seed)
+    motion = tiny_motion_unet(**sizes.get("unet", {}))
+    vae = tiny_vae(**sizes.get("vae", {}))
+    prompt_encoder = tiny_prompt_encoder(**sizes.get("text", {}))
+    scheduler_config = dict(DDIMScheduler(**SD15_SCHEDULER).config)
+    return motion, vae, prompt_encoder, scheduler_config, {"teacher": f"tiny (random init, seed {seed})"}
+
+
+def _pretrained_parts(p: dict[str, Any], dtype: torch.dtype, local: bool) -> Parts:
+    """The parts of ``model.pretrained``: ``base_model`` (an SD1.5-style pipeline folder or hub id) with its
+    ``unet`` + ``motion_adapter``, or its ``unet`` already a ``UNetMotionModel``; ``vae`` or the base's."""
+    base = p.get("base_model")
+    if not base:
+        raise ValueError("model.pretrained.base_model must name a hub id or local folder")
+    key = "model.pretrained.base_model"
+    common = {"torch_dtype": dtype, "local_files_only": local}
+    if p.get("motion_adapter"):
+        unet2d = load_pretrained(
+            "the base image UNet", key, UNet2DConditionModel.from_pretrained, base, subfolder="unet", **common
+        )
+        adapter = load_pretrained(
+            "the AnimateDiff motion adapter", "model.pretrained.motion_adapter",
+            MotionAdapter.from_pretrained, p["motion_adapter"], **common,
+        )  # fmt: skip
+        motion = UNetMotionModel.from_unet2d(unet2d, adapter)
+        del unet2d, adapter
+    else:
+        motion = load_pretrained(
+            "the AnimateDiff UNet", key, UNetMotionModel.from_pretrained, base, subfolder="unet", **common
+        )
+    vae_src = p.get("vae") or base
+    vae = load_pretrained(
+        "the VAE", "model.pretrained.vae", AutoencoderKL.from_pretrained, vae_src,
+        subfolder=None if p.get("vae") else "vae", **common,
+    )  # fmt: skip
+    tokenizer = load_pretrained(
+        "the tokenizer",
+        key,
+        CLIPTokenizer.from_pretrained,
+        base,
+        subfolder="tokenizer",
+        local_files_only=local,
+    )
+    text_encoder = load_pretrained(
+        "the text encoder", key, CLIPTextModel.from_pretrained, base, subfolder="text_encoder", **common
+    )
+    scheduler = load_pretrained(
+        "the scheduler config", key, DDIMScheduler.from_pretrained, base, subfolder="scheduler",
+        local_files_only=local,
+    )  # fmt: skip
+    sources = {"teacher": base, "motion_adapter": str(p.get("motion_adapter")), "vae": vae_src}
+    return motion, vae, PromptEncoder(tokenizer, text_encoder), dict(scheduler.config), sources
+
+
+def _image_unet(
+    motion: UNetMotionModel, image_teacher: str, dtype: torch.dtype, local: bool, sources: dict[str, str]
+) -> UNet2DConditionModel:
+    """The 2D teacher's network: the video teacher's own spatial UNet (``shared``) or a separate SD1.5
+    UNet."""
+    if image_teacher == "shared":
+        sources["image_teacher"] = "shared with the video teacher (motion modules off)"
+        return spatial_unet(motion)
+    sources["image_teacher"] = image_teacher
+    return load_pretrained(
+        "the 2D image teacher", "model.image_teacher", UNet2DConditionModel.from_pretrained, image_teacher,
+        subfolder="unet", torch_dtype=dtype, local_files_only=local,
+    )  # fmt: skip

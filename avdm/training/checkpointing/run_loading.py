@@ -1,4 +1,4 @@
-"""Rebuild a trained :class:`~avdm.training.module.DistillationModule` from a run directory and a checkpoint.
+"""Rebuild a trained :class:`~avdm.training.distillation.DistillationModule` from a run and a checkpoint.
 
 Checkpoints hold trainable weights only (the frozen teachers are rebuilt from their sources), so
 loading needs the run's config: Hydra saves it as ``<run>/.hydra/config.yaml`` and Lightning writes
@@ -12,14 +12,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from avdm.models.bundle import ModelBundle
 from avdm.training.build import build_run
-from avdm.training.checkpoint_io import CheckpointError, read_fitting_checkpoint
-from avdm.training.module import DistillationModule
+from avdm.training.checkpointing.storage import CheckpointError, read_fitting_checkpoint
+from avdm.training.distillation import DistillationModule
 
-DISTILLATION_TARGET = f"{DistillationModule.__module__}.{DistillationModule.__qualname__}"
+# Modules of run-config targets renamed since avdm 0.1's first layout (the runs of the README's tables),
+# read under their new names.
+MOVED_MODULES = {
+    "avdm.training.module": "avdm.training.distillation",
+    "avdm.models.animatediff": "avdm.models.families.animatediff",
+    "avdm.models.wan": "avdm.models.families.wan",
+    "avdm.training.diagnostics": "avdm.training.callbacks.diagnostics",
+    "avdm.training.collapse_alarm": "avdm.training.callbacks.collapse_alarm",
+    "avdm.training.run_plots": "avdm.training.callbacks.plots",
+}
+MOVED_CALLBACKS = {"SampleVideos": "samples", "ExportTeacher": "export_teacher"}  # avdm.training.callbacks.X
+
+
+def renamed_target(target: str) -> str:
+    """``target`` under its current name (itself when it did not move)."""
+    module, _, name = target.rpartition(".")
+    if module == "avdm.training.callbacks" and name in MOVED_CALLBACKS:
+        return f"{module}.{MOVED_CALLBACKS[name]}.{name}"
+    return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
+
+
+def _rename_targets(node: Any) -> None:
+    if isinstance(node, DictConfig):
+        if isinstance(node.get("_target_"), str):
+            node._target_ = renamed_target(node._target_)
+        for key in node:
+            _rename_targets(node._get_node(key))
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            _rename_targets(node._get_node(index))
 
 
 @dataclass
@@ -46,7 +75,8 @@ def run_config_path(ckpt_path: str | Path) -> Path:
 
 
 def load_run_config(path: str | Path) -> DictConfig:
-    """Load a saved run config; ``paths.output_dir`` (``${hydra:...}``) is pinned to the run directory."""
+    """Load a saved run config; ``paths.output_dir`` (``${hydra:...}``) is pinned to the run directory and
+    targets renamed since the run are read under their new names (:func:`renamed_target`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Run config '{path}' does not exist")
@@ -54,11 +84,7 @@ def load_run_config(path: str | Path) -> DictConfig:
     assert isinstance(cfg, DictConfig)
     run_dir = path.parent.parent if path.parent.name == ".hydra" else path.parent
     OmegaConf.update(cfg, "paths.output_dir", str(run_dir), force_add=True)
-    # Runs saved before the module became a config node (0.1.0 before the training/ layout): a plain
-    # block of DistillationModule arguments beside an ``autoencoder`` key.
-    if "_target_" not in cfg.get("module", {}):
-        OmegaConf.update(cfg, "module._target_", DISTILLATION_TARGET, force_add=True)
-        cfg.pop("autoencoder", None)
+    _rename_targets(cfg)
     return cfg
 
 

@@ -1,7 +1,7 @@
 """Wan-style flow-matching teachers (WanTransformer3DModel, AutoencoderKLWan, UMT5): pretrained or tiny.
 
 The teacher family of AccVideo-style distillation: one video transformer seen through
-:class:`~avdm.models.denoiser.VideoTransformerDenoiser` with a
+:class:`VideoTransformerDenoiser` (and, for AVDM2's frame SDM, :class:`FrameTransformerDenoiser`) with a
 :class:`~avdm.models.schedules.FlowMatchingSchedule` (velocity prediction, timestep shift), and no 2D
 teacher. Its reference sampler is diffusers'
 ``FlowMatchEulerDiscreteScheduler`` with the same shift (``bundle.scheduler_config``).
@@ -12,47 +12,122 @@ Clip sizes: ``num_frames`` pixel frames map to ``(num_frames - 1) // temporal + 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from einops import rearrange
 from torch import Tensor, nn
-from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, UMT5EncoderModel
 
 from avdm.errors import ConfigError, MissingWeightsError
-from avdm.models.animatediff import tiny_prompt_encoder
-from avdm.models.bundle import ModelBundle, PromptEncoder, load_pretrained, parse_dtype
-from avdm.models.denoiser import FrameTransformerDenoiser, VideoTransformerDenoiser
-from avdm.models.schedules import FlowMatchingSchedule
+from avdm.models.bundle import ModelBundle
+from avdm.models.denoiser import Denoiser
+from avdm.models.families import Family
+from avdm.models.pretrained import load_pretrained, parse_dtype
+from avdm.models.prompt_encoders import PromptEncoder, load_prompt_encoder, tiny_prompt_encoder
+from avdm.models.schedules import FlowMatchingSchedule, NoiseSchedule
+from avdm.models.vae import load_vae, vae_factors
 
+# The teacher's own sampler: flow Euler, 50 steps (Wan's default).
+FAMILY = Family(name="wan", reference_sampler="flow_euler", reference_steps=50)
 DEFAULT_TINY_SHIFT = 3.0
 
 
-class MaskedPromptEncoder(PromptEncoder):
-    """Wan's text conditioning: UMT5 ``last_hidden_state`` with padded positions set to zero.
+POSITION_CHANNELS = ("frame", "y", "x")
 
-    Returns ``(B, max_length, D)``; the pipeline of Wan passes the attention mask to the encoder and
-    zeroes every position past each prompt's length, so the transformer sees the same tensors here.
+
+def position_channels(x_t: Tensor, axes: Sequence[str]) -> Tensor:
+    """Coordinate channels ``(B, len(axes), F, H, W)`` of a latent ``x_t (B, C, F, H, W)``.
+
+    Each named axis (``frame``, ``y``, ``x``) gets ``linspace(-1, 1, n)`` along itself, constant along the
+    others; an axis of length 1 gets 0 (a single frame has no place in time).
+    """
+    b, _, f, h, w = x_t.shape
+    sizes = {"frame": (f, 2), "y": (h, 3), "x": (w, 4)}
+    channels = []
+    for axis in axes:
+        n, dim = sizes[axis]
+        ramp = torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1)
+        shape = [1, 1, 1, 1, 1]
+        shape[dim] = n
+        channels.append(ramp.view(shape).to(x_t).expand(b, 1, f, h, w))
+    return torch.cat(channels, dim=1)
+
+
+class VideoTransformerDenoiser(Denoiser):
+    """A flow-matching video transformer on ``(B, C, F, H, W)`` latents (diffusers Wan layout).
+
+    Feature layers are transformer blocks; their token sequences ``(B, F' H' W', D)`` are unfolded
+    to ``(B, D, F', H', W')`` with the model's patch size.
+
+    Args:
+        model: a ``WanTransformer3DModel``.
+        schedule: its flow-matching schedule.
+        position: coordinate channels (``frame``, ``y``, ``x``; see :func:`position_channels`)
+            concatenated to the latent before the patch embedding, as Wan's image-to-video model
+            concatenates its conditioning channels (``in_channels = out_channels + len(position)``).
+            Wan's rotary embedding is relative only; these give the network absolute places in time
+            and space, which a prompt like "moving left" needs from pure noise (where in the frame the
+            object starts, where it ends).
     """
 
-    @torch.no_grad()
-    def forward(self, prompts: list[str]) -> Tensor:
-        tokens = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule, position: Sequence[str] = ()) -> None:
+        super().__init__(model, schedule)
+        unknown = [a for a in position if a not in POSITION_CHANNELS]
+        if unknown or len(set(position)) != len(position):
+            raise ConfigError(
+                f"model.position must be distinct names from {POSITION_CHANNELS}, got {list(position)}"
+            )
+        cfg = model.config
+        if cfg.in_channels != cfg.out_channels + len(position):
+            raise ConfigError(
+                f"the transformer takes {cfg.in_channels} input channels and predicts {cfg.out_channels}: "
+                f"model.position must name {cfg.in_channels - cfg.out_channels} coordinate channel(s), "
+                f"got {list(position)}"
+            )
+        self.position = tuple(position)
+
+    def _model_input(self, x_t: Tensor) -> Tensor:
+        if not self.position:
+            return x_t
+        return torch.cat([x_t, position_channels(x_t, self.position)], dim=1)
+
+    def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
+        return self.model(self._model_input(x_t), timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+    def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
+        pf, ph, pw = self.model.config.patch_size
+        f, h, w = x_t.shape[2] // pf, x_t.shape[3] // ph, x_t.shape[4] // pw
+        return rearrange(feature, "b (f h w) d -> b d f h w", f=f, h=h, w=w)
+
+    @property
+    def default_feature_layers(self) -> tuple[str, ...]:
+        n = len(self.model.blocks)
+        return tuple(f"blocks.{i}" for i in sorted({0, n // 2, n - 1}))
+
+
+class FrameTransformerDenoiser(VideoTransformerDenoiser):
+    """The video transformer applied to every frame as a one-frame clip: the 2D (image) view of a
+    Wan-style teacher, sharing every weight with it (Wan is trained jointly on images and videos).
+
+    ``(B, C, F, H, W)`` is folded to ``(B * F, C, 1, H, W)``, text repeated per frame; features unfold to
+    ``(B, D, F, H', W')``.
+    """
+
+    def _call_model(self, x_t: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
+        b, _, f = x_t.shape[:3]
+        frames = rearrange(x_t, "b c f h w -> (b f) c 1 h w")
+        out = super()._call_model(
+            frames, timestep.repeat_interleave(f, dim=0), text.repeat_interleave(f, dim=0)
         )
-        device = self.text_encoder.device
-        ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
-        hidden = self.text_encoder(ids, attention_mask=mask)[0]
-        return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        return rearrange(out, "(b f) c 1 h w -> b c f h w", b=b)
+
+    def _feature_to_video(self, feature: Tensor, x_t: Tensor) -> Tensor:
+        _, ph, pw = self.model.config.patch_size
+        h, w = x_t.shape[3] // ph, x_t.shape[4] // pw
+        return rearrange(feature, "(b f) (h w) d -> b d f h w", b=x_t.shape[0], h=h, w=w)
 
 
 def tiny_wan_transformer(
@@ -113,15 +188,6 @@ def tiny_wan_vae(
     )
 
 
-def vae_factors(vae: nn.Module) -> tuple[int, int]:
-    """``(temporal, spatial)`` compression of a VAE, read from its architecture: Wan's causal video VAE, or
-    an image VAE (``AutoencoderKL``, time factor 1) run per frame."""
-    cfg = vae.config
-    if hasattr(cfg, "temperal_downsample"):
-        return 2 ** sum(bool(d) for d in cfg.temperal_downsample), 2 ** (len(cfg.dim_mult) - 1)
-    return 1, 2 ** (len(cfg.block_out_channels) - 1)
-
-
 def latent_shape(
     channels: int,
     num_frames: int,
@@ -146,57 +212,6 @@ def latent_shape(
     if frames % patch[0]:
         raise ValueError(f"latent frames {frames} must be a multiple of the temporal patch {patch[0]}")
     return channels, frames, height // spatial, width // spatial
-
-
-def _subfolder_config(folder: str, subfolder: str) -> dict[str, Any] | None:
-    path = Path(folder).expanduser() / subfolder / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def load_vae(source: str, subfolder: str | None, key: str, dtype: torch.dtype, local: bool) -> nn.Module:
-    """The VAE of a diffusers folder: ``AutoencoderKL`` (image VAE, per frame) or ``AutoencoderKLWan``,
-    by the ``_class_name`` of its config (hub ids: Wan's)."""
-    config = _subfolder_config(source, subfolder or "")
-    cls = AutoencoderKL if (config or {}).get("_class_name") == "AutoencoderKL" else AutoencoderKLWan
-    return load_pretrained(
-        f"the VAE ({cls.__name__})",
-        key,
-        cls.from_pretrained,
-        source,
-        subfolder=subfolder,
-        torch_dtype=dtype,
-        local_files_only=local,
-    )
-
-
-def load_prompt_encoder(
-    source: str, key: str, dtype: torch.dtype, local: bool, max_length: int | None
-) -> PromptEncoder:
-    """Tokenizer + text encoder of a diffusers folder (``tokenizer/``, ``text_encoder/``): UMT5 (Wan, padded
-    positions zeroed) or CLIP (``last_hidden_state``, padded to the tokenizer's ``model_max_length``)."""
-    config = _subfolder_config(source, "text_encoder")
-    clip = (config or {}).get("model_type") == "clip_text_model"
-    tokenizer_cls, encoder_cls = (CLIPTokenizer, CLIPTextModel) if clip else (AutoTokenizer, UMT5EncoderModel)
-    tokenizer = load_pretrained(
-        "the tokenizer",
-        key,
-        tokenizer_cls.from_pretrained,
-        source,
-        subfolder="tokenizer",
-        local_files_only=local,
-    )
-    encoder = load_pretrained(
-        f"the {'CLIP' if clip else 'UMT5'} text encoder",
-        key,
-        encoder_cls.from_pretrained,
-        source,
-        subfolder="text_encoder",
-        torch_dtype=dtype,
-        local_files_only=local,
-    )
-    if clip:
-        return PromptEncoder(tokenizer, encoder, max_length=max_length)
-    return MaskedPromptEncoder(tokenizer, encoder, max_length=max_length or 512)
 
 
 def _build_tiny(
@@ -293,6 +308,37 @@ def _encoders_from(folder: str, local: bool = True) -> tuple[nn.Module, PromptEn
     return vae, load_prompt_encoder(folder, "model.encoders", torch.float32, local, None)
 
 
+def _parts(
+    source: str,
+    pretrained: dict[str, Any] | None,
+    tiny: dict[str, Any] | None,
+    seed: int,
+    position: int,
+    encoders: str | None,
+) -> tuple[Any, Any, PromptEncoder, dict[str, Any], dict[str, str]]:
+    """Transformer, VAE, prompt encoder, loaded scheduler config and sources; ``encoders`` (a folder)
+    replaces the VAE and prompt encoder. The transformer's ``text_dim`` must match the text width."""
+    shared = _encoders_from(encoders) if encoders else None
+    if source == "tiny":
+        transformer, vae, prompt_encoder, loaded_scheduler = _build_tiny(
+            dict(tiny or {}), seed, position, shared
+        )
+        sources = {"teacher": f"tiny (random init, seed {seed})"}
+    else:
+        built = _build_pretrained(dict(pretrained or {}), load_encoders=shared is None)
+        transformer, vae, prompt_encoder, loaded_scheduler, sources = built
+    if shared is not None:
+        vae, prompt_encoder = shared
+        sources.update(vae=str(encoders), text_encoder=str(encoders))
+    text_width = prompt_encoder.text_encoder.config.hidden_size
+    if transformer.config.text_dim != text_width:
+        raise ValueError(
+            f"the transformer's text_dim={transformer.config.text_dim} must equal the text encoder's width "
+            f"{text_width} (model.tiny.transformer.text_dim / model.tiny.text.hidden_size / model.encoders)"
+        )
+    return transformer, vae, prompt_encoder, loaded_scheduler, sources
+
+
 def build_wan(
     source: str = "tiny",
     pretrained: dict[str, Any] | None = None,
@@ -318,7 +364,7 @@ def build_wan(
             ``text_encoder_dtype`` (default: ``dtype``), ``vae_dtype`` (default float32),
             ``max_text_length`` (default: 512 for UMT5, the tokenizer's for CLIP), ``local_files_only``.
         tiny: keyword sizes for :func:`tiny_wan_transformer` (``transformer``), :func:`tiny_wan_vae` (``vae``)
-            and :func:`~avdm.models.animatediff.tiny_prompt_encoder` (``text``); the transformer's
+            and :func:`~avdm.models.prompt_encoders.tiny_prompt_encoder` (``text``); the transformer's
             ``text_dim`` follows the text encoder's width.
         shift: the flow timestep shift of the teacher's schedule and sampler; ``None`` reads it from the
             teacher's scheduler config (``flow_shift`` / ``shift``; tiny: 3.0).
@@ -345,23 +391,9 @@ def build_wan(
     position = tuple(position or ())
     if source not in ("tiny", "pretrained"):
         raise ValueError(f"model.source must be 'pretrained' or 'tiny', got {source!r}")
-    shared = _encoders_from(encoders) if encoders else None
-    if source == "tiny":
-        built = _build_tiny(dict(tiny or {}), seed, len(position), shared)
-        transformer, vae, prompt_encoder, loaded_scheduler = built
-        sources = {"teacher": f"tiny (random init, seed {seed})"}
-    else:
-        built = _build_pretrained(dict(pretrained or {}), load_encoders=shared is None)
-        transformer, vae, prompt_encoder, loaded_scheduler, sources = built
-    if shared is not None:
-        vae, prompt_encoder = shared
-        sources.update(vae=str(encoders), text_encoder=str(encoders))
-    text_width = prompt_encoder.text_encoder.config.hidden_size
-    if transformer.config.text_dim != text_width:
-        raise ValueError(
-            f"the transformer's text_dim={transformer.config.text_dim} must equal the text encoder's width "
-            f"{text_width} (model.tiny.transformer.text_dim / model.tiny.text.hidden_size / model.encoders)"
-        )
+    transformer, vae, prompt_encoder, loaded_scheduler, sources = _parts(
+        source, pretrained, tiny, seed, len(position), encoders
+    )
     schedule = FlowMatchingSchedule.from_scheduler_config(
         loaded_scheduler, None if shift is None else float(shift)
     )
@@ -380,4 +412,6 @@ def build_wan(
     shape = latent_shape(
         transformer.config.out_channels, num_frames, resolution, vae, transformer.config.patch_size
     )
-    return ModelBundle(video, image, prompt_encoder, vae, scheduler_config, sources, shape, teacher_dtype)
+    return ModelBundle(
+        FAMILY, video, image, prompt_encoder, vae, scheduler_config, sources, shape, teacher_dtype
+    )

@@ -1,5 +1,5 @@
 """The collapse alarm (``callbacks.collapse``): a warning, or a checkpoint and a stop, when the ``diag/``
-values of :class:`~avdm.training.diagnostics.CollapseDiagnostics` cross their thresholds.
+values of :class:`~avdm.training.callbacks.diagnostics.CollapseDiagnostics` cross their thresholds.
 
 Thresholds on diversity, temporal change, flicker and colourfulness are ratios to the teacher's value
 from the same noise (1 = as the teacher), so one setting holds across resolutions and teachers; the
@@ -24,8 +24,8 @@ import lightning as L
 import torch
 
 from avdm.errors import ConfigError
-from avdm.training.diagnostics import CollapseDiagnostics
-from avdm.training.stopping import checkpoint_folder
+from avdm.training.callbacks.diagnostics import CollapseDiagnostics
+from avdm.training.callbacks.final_checkpoint import checkpoint_folder
 
 log = logging.getLogger(__name__)
 

@@ -13,61 +13,34 @@ backward-simulation index ``k`` uses no rank, so all DDP ranks run the same numb
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from avdm.errors import AvdmUserError, ConfigError
-from avdm.losses.base import DistillationLoss, StepContext, TeacherBank
-from avdm.models.bundle import DTYPES, ModelBundle
-from avdm.models.denoiser import Denoiser, freeze_, trainable_copy
+from avdm.errors import ConfigError
+from avdm.losses.base import DistillationLoss, LossOutput, StepContext, TeacherBank
+from avdm.models.bundle import ModelBundle
 from avdm.models.execution import enable_gradient_checkpointing, to_channels_last
 from avdm.models.generator import FewStepGenerator, draw_simulation_step
-from avdm.models.lora import AdapterDenoiser, add_lora, merged_network
+from avdm.models.lora import AdapterDenoiser, merged_network
+from avdm.models.sampling import latents_for_prompts, student_sampler
 from avdm.models.vae import encode_pixels
-from avdm.training.data_counts import BadVideoCounts
+from avdm.training.callbacks.data_counts import BadVideoCounts
+from avdm.training.checkpointing.trainable_state import frozen_keys, trainable_keys
 from avdm.training.optim import adamw, linear_warmup, param_groups_by_pattern
+from avdm.training.roles import build_student, cast_frozen, freeze_all, frozen_for_critics, generator_ema
 from avdm.training.sharding import (
     ShardingSettings,
-    average_replicated_grads,
-    clip_grads_,
-    global_norm,
     is_sharded,
-    on_local_shards,
     replicated_trainable,
     reshard_all,
     shard_roles,
-    storage_key,
 )
-
-FROZEN_PREFIXES = ("teachers.", "prompt_encoder.", "vae.")
-
-
-class NonFiniteLossError(AvdmUserError):
-    """Too many consecutive iterations with a non-finite loss or gradient."""
-
-
-class NonFiniteWeightsError(AvdmUserError):
-    """An update left trainable weights non-finite; training stops before any checkpoint holds them."""
-
-
-@contextmanager
-def _no_grad_params(params: Sequence[nn.Parameter]) -> Iterator[None]:
-    """Temporarily turn off ``requires_grad`` on ``params`` (those of them that are trainable)."""
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+from avdm.training.update import check_finite, update_role
 
 
 class DistillationModule(L.LightningModule):
@@ -133,61 +106,24 @@ class DistillationModule(L.LightningModule):
             )
         self.automatic_optimization = False
         self.teachers = TeacherBank(models.video_teacher, models.image_teacher)
-        self.prompt_encoder = models.prompt_encoder
-        self.vae = models.vae
-        for frozen in (self.teachers, self.prompt_encoder, self.vae):
-            if frozen is not None:
-                freeze_(frozen)
-        if generator_lora is not None:
-            for name, value in (("ema_decay", ema_decay), ("gradient_checkpointing", gradient_checkpointing)):
-                if value:
-                    raise ConfigError(
-                        f"module.{name}={value} cannot be combined with module.generator_lora (the adapter "
-                        "roles share one network: an EMA would copy it, recomputed activations would run "
-                        "under another role's adapter); set it to null / false"
-                    )
-            add_lora(models.video_teacher.model, "generator", generator_lora, key="module.generator_lora")
-            student: Denoiser = AdapterDenoiser(models.video_teacher, "generator")
-        else:
-            student = trainable_copy(models.video_teacher)
+        self.prompt_encoder, self.vae = models.prompt_encoder, models.vae
+        freeze_all(*self._frozen_roles())
+        student = build_student(models.video_teacher, generator_lora, ema_decay, gradient_checkpointing)
         self.generator = FewStepGenerator(student, generator_timesteps, generator_renoise)
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ConfigError(f"module.ema_decay must be in (0, 1) or null, got {ema_decay}")
-        self.generator_ema = (
-            AveragedModel(
-                self.generator,
-                multi_avg_fn=on_local_shards(get_ema_multi_avg_fn(ema_decay)),
-                use_buffers=True,
-            )
-            if ema_decay is not None
-            else None
-        )
-        if self.generator_ema is not None:
-            self.generator_ema.requires_grad_(False)
+        self.generator_ema = generator_ema(self.generator, ema_decay)
         self.losses = nn.ModuleDict(dict(losses))
         self.needs_sample = any(plugin.needs_generator_sample for plugin in self.losses.values())
-        for name, plugin in self.losses.items():
-            try:
-                plugin.bind(self.teachers)
-            except (
-                ConfigError
-            ) as err:  # the plugin names its own key; the run config has it under loss.<name>
-                raise ConfigError(f"loss.{name}.{err}") from None
+        self._bind_plugins()
         # After every trainable copy is made (generator above, fake scores in bind): they keep float32.
         self.teacher_dtype = models.teacher_dtype
-        if self.teacher_dtype != "float32":
-            for frozen in (self.teachers, self.prompt_encoder, self.vae):
-                if frozen is not None:
-                    frozen.to(DTYPES[self.teacher_dtype])
-            for name, p in self.named_parameters():  # LoRA adapters live inside the frozen base
-                if "lora_" in name:
-                    p.data = p.data.float()
+        cast_frozen(self, self._frozen_roles(), self.teacher_dtype)
         if gradient_checkpointing:
             enable_gradient_checkpointing(self)
         if channels_last:
             to_channels_last(self)
         self.latent_shape = tuple(models.latent_shape)
         self.sources = dict(models.sources)
+        self.family = models.family
         self.scheduler_config = dict(models.scheduler_config)
         self.backward_simulation = backward_simulation
         self.critic_every = critic_steps_per_generator_step
@@ -217,6 +153,17 @@ class DistillationModule(L.LightningModule):
         self._sharded = False  # set by configure_model under FSDP2
         self._replicated: list[nn.Parameter] = []  # trainable weights FSDP2 does not hold (heads)
 
+    def _frozen_roles(self) -> tuple[nn.Module | None, ...]:
+        return (self.teachers, self.prompt_encoder, self.vae)
+
+    def _bind_plugins(self) -> None:
+        """Give every plugin the frozen teachers (it makes its fake score, finds its feature layers)."""
+        for name, plugin in self.losses.items():
+            try:
+                plugin.bind(self.teachers)
+            except ConfigError as err:  # the plugin names its own key; the run config has it under loss.NAME
+                raise ConfigError(f"loss.{name}.{err}") from None
+
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (``trainer=fsdp2``): FSDP2 over every role; else nothing."""
         mesh = self.device_mesh
@@ -236,7 +183,7 @@ class DistillationModule(L.LightningModule):
     def train(self, mode: bool = True) -> DistillationModule:
         """Lightning puts the module in train mode at fit start; frozen models stay in eval."""
         super().train(mode)
-        for frozen in (self.teachers, self.prompt_encoder, self.vae):
+        for frozen in self._frozen_roles():
             if frozen is not None:
                 frozen.eval()
         return self
@@ -327,64 +274,6 @@ class DistillationModule(L.LightningModule):
         torch.manual_seed(self.seed * 1_000_003 + it * 7_919 + self.global_rank)
         return self.simulation_step(it)
 
-    def _check_finite(self, terms: Mapping[str, Tensor], phase: str) -> bool:
-        """Whether every rank's ``terms`` are finite; all ranks agree, so they skip or step together."""
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        finite = torch.tensor(0.0 if bad else 1.0, device=self.device)
-        if float(self.trainer.strategy.reduce(finite, reduce_op="min")) == 1.0:
-            return True
-        self._count_nonfinite(bad or ["(on another rank)"], phase)
-        return False
-
-    def _count_nonfinite(self, bad: list[str], phase: str) -> None:
-        """One skipped update; stop after ``max_consecutive_nonfinite`` in a row."""
-        self.nonfinite_skips += 1
-        self.consecutive_nonfinite += 1
-        self.log(f"{phase}/nonfinite_skips", self.nonfinite_skips.float(), batch_size=1)
-        count, limit = int(self.consecutive_nonfinite), self.max_consecutive_nonfinite
-        if count >= limit:
-            role = "generator" if phase == "gen" else "critic"
-            raise NonFiniteLossError(
-                f"{role} update skipped: {', '.join(bad)} non-finite in {count} consecutive iterations "
-                f"(module.max_consecutive_nonfinite={limit}); training stopped"
-            )
-
-    def _update(
-        self, optimizer: Any, scheduler: Any, loss: Tensor, counted: bool, role: str
-    ) -> tuple[bool, Tensor | None]:
-        """Backward, clip, step. Returns whether the step was taken (not when the gradient is non-finite:
-        an Adam step on it would make the weights NaN) and the gradient norm before clipping."""
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if self._replicated:  # FSDP2 averages the gradients of what it shards, this the rest
-            average_replicated_grads(params, self.device_mesh["data_parallel"].get_group())
-        grads = [p.grad for p in params if p.grad is not None]
-        grad_norm = global_norm(grads) if grads else None
-        # After DDP's all-reduce the gradients, and so this decision, are the same on every rank.
-        if grad_norm is not None and not torch.isfinite(grad_norm):
-            optimizer.zero_grad(set_to_none=True)
-            self._count_nonfinite([f"{role} gradient"], "gen" if role == "generator" else "critic")
-            return False, grad_norm
-        if self.grad_clip_norm is not None and self._sharded and grads:
-            clip_grads_(grads, self.grad_clip_norm, grad_norm)  # on the shards, by the norm over all of them
-        elif self.grad_clip_norm is not None:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm"
-            )
-        if counted:
-            optimizer.step()
-        else:  # critic updates go through the strategy (precision, scaler) without advancing global_step
-            self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=lambda: None)
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        if not torch.isfinite(global_norm(params)):
-            raise NonFiniteWeightsError(
-                f"the {role}'s weights became non-finite at iteration {int(self.iterations)} "
-                f"(finite loss and gradient: a learning rate or loss weight too large?); training stopped"
-            )
-        return True, grad_norm
-
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """One iteration of AVDM2's Algorithm 1: a generator phase every ``critic_steps_per_generator_step``
         iterations, then a critic phase, both on the same noise ``z`` and backward-simulation step ``k``."""
@@ -415,6 +304,12 @@ class DistillationModule(L.LightningModule):
             x0_fake, text, batch, self.teachers, self.generator, uncond, int(self.generator_steps)
         )
 
+    def generator_terms(self, ctx: StepContext) -> tuple[dict[str, LossOutput], dict[str, Tensor]]:
+        """Each plugin's generator loss on ``ctx`` and its weighted term ``lambda_i L_i``; the generator's
+        loss is the sum of the terms (Algorithm 1, step 3), and the diagnostics' gradient shares split it."""
+        outputs = {name: plugin.generator_loss(ctx) for name, plugin in self.losses.items()}
+        return outputs, {name: self.losses[name].weight * out.loss for name, out in outputs.items()}
+
     def generator_phase(
         self, z: Tensor, text: Tensor, uncond: Tensor, batch: Mapping[str, Any], k: int, logs: dict[str, Any]
     ) -> Tensor | None:
@@ -427,14 +322,16 @@ class DistillationModule(L.LightningModule):
         with self.toggled_optimizer(optimizer):
             x0_fake = self.generator.simulate(z, text, k).x0 if self.needs_sample else None
             ctx = self.step_context(x0_fake, text, uncond, batch)
-            outputs = {name: plugin.generator_loss(ctx) for name, plugin in self.losses.items()}
+            outputs, weighted = self.generator_terms(ctx)
             # What is backpropagated is the weighted total: judged itself, with each term named.
-            total = sum(self.losses[n].weight * o.loss for n, o in outputs.items())
+            total = sum(weighted.values())
             terms = {f"loss term {n}": o.loss for n, o in outputs.items()}
             terms["weighted total"] = total
-            stepped = self._check_finite(terms, "gen")
+            stepped = check_finite(self, terms, "gen")
             if stepped:
-                stepped, grad_norm = self._update(optimizer, scheduler, total, counted=True, role="generator")
+                stepped, grad_norm = update_role(
+                    self, optimizer, scheduler, total, counted=True, role="generator"
+                )
             if stepped:
                 self.generator_steps += 1
                 if self.generator_ema is not None:
@@ -469,14 +366,14 @@ class DistillationModule(L.LightningModule):
         optimizers = self._optimizers()
         stepped = False
         # One critic at a time: each graph is freed by its backward before the next is built.
-        with _no_grad_params([p for _, p in self.generator_named_parameters()]):
+        with frozen_for_critics([p for _, p in self.generator_named_parameters()]):
             for name in self.critic_plugins:
                 out = self.losses[name].critic_loss(ctx)
-                if not self._check_finite({f"loss of {name}": out.loss}, "critic"):
+                if not check_finite(self, {f"loss of {name}": out.loss}, "critic"):
                     continue
                 optimizer, scheduler = optimizers[name]
-                taken, grad_norm = self._update(
-                    optimizer, scheduler, out.loss, counted=False, role=f"{name} critic"
+                taken, grad_norm = update_role(
+                    self, optimizer, scheduler, out.loss, counted=False, role=f"{name} critic"
                 )
                 if taken:
                     logs.update({f"critic/{name}/{key}": v for key, v in out.logs.items()})
@@ -501,19 +398,20 @@ class DistillationModule(L.LightningModule):
     def sample(
         self, prompts: Sequence[str], seed: int = 0, num_steps: int | None = None, use_ema: bool = True
     ) -> Tensor:
-        """Latents ``(B, C, F, H, W)`` of the few-step generator (its EMA when kept) for ``prompts``."""
-        generator = self.sampling_generator(use_ema)
-        text = self.prompt_encoder(list(prompts)).to(self.device)
-        rng = torch.Generator(device="cpu").manual_seed(seed)
-        z = torch.randn((len(prompts), *self.latent_shape), generator=rng).to(self.device)
-        return generator.sample(z, text, num_steps, generator=rng)
+        """Latents ``(B, C, F, H, W)`` of the few-step generator (its EMA when kept) for ``prompts``
+        (:func:`~avdm.models.sampling.latents_for_prompts`)."""
+        sampler = student_sampler(self.sampling_generator(use_ema), num_steps)
+        return latents_for_prompts(
+            sampler, self.prompt_encoder, prompts, self.latent_shape, seed, device=self.device
+        )
 
     def pipeline_parts(self) -> dict[str, Any]:
         """The generator (its EMA when kept) as a teacher pipeline, for
-        :func:`~avdm.training.pipeline_export.export_teacher` (stages of training a teacher with
+        :func:`~avdm.export.export_teacher` (stages of training a teacher with
         :class:`~avdm.losses.DenoisingLoss`)."""
         denoiser = self.sampling_generator().denoiser
         return {
+            "family": self.family,
             "model": merged_network(denoiser),
             "vae": self.vae,
             "prompt_encoder": self.prompt_encoder,
@@ -528,19 +426,9 @@ class DistillationModule(L.LightningModule):
         }
 
     # --- checkpoints: trainable weights only, plus where the frozen teachers came from ---------------
-    def _frozen_keys(self, state: Mapping[str, Tensor]) -> list[str]:
-        """Keys of the frozen roles, and of every other entry that is one of their tensors (the base
-        weights a LoRA generator or fake score runs on)."""
-        frozen = [k for k in state if k.startswith(FROZEN_PREFIXES) and "lora_" not in k]  # adapters train
-        storages = {storage_key(state[k]) for k in frozen}
-        shared = [k for k in state if k not in frozen and storage_key(state[k]) in storages]
-        return frozen + shared
-
     def checkpoint_keys(self) -> set[str]:
         """The state-dict keys a checkpoint holds: every key but the frozen roles' (and their aliases)."""
-        own = self.state_dict()
-        frozen = set(self._frozen_keys(own))
-        return {k for k in own if k not in frozen}
+        return trainable_keys(self.state_dict())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
@@ -554,4 +442,4 @@ class DistillationModule(L.LightningModule):
         if "state_dict" not in checkpoint:
             return  # a sharded checkpoint: the strategy has loaded the weights (sharded_strategy.py)
         own = self.state_dict()
-        checkpoint["state_dict"].update({k: own[k] for k in self._frozen_keys(own)})
+        checkpoint["state_dict"].update({k: own[k] for k in frozen_keys(own)})

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from avdm.metrics.collapse import collapse_statistics
-from avdm.models.sampling import make_scheduler, reference_sampler, sample_teacher
+from avdm.models.sampling import latents_for_prompts, teacher_sampler
 from avdm.models.vae import decode_latents
 
 DEFAULT_PROMPTS = ("a red ball moving left", "a blue box moving up")
@@ -101,11 +101,8 @@ class CollapseDiagnostics(L.Callback):
         return self.history[-1] if self.history else None
 
     # --- what is sampled -------------------------------------------------------------------------
-    def _noise_and_text(self, module: Any) -> tuple[Tensor, Tensor, torch.Generator]:
-        prompts = [p for p in self.prompts for _ in range(self.samples_per_prompt)]  # prompt-major
-        rng = torch.Generator().manual_seed(self.seed)
-        z = torch.randn((len(prompts), *module.latent_shape), generator=rng).to(module.device)
-        return z, module.prompt_encoder(prompts).to(module.device), rng
+    def _prompts(self) -> list[str]:
+        return [p for p in self.prompts for _ in range(self.samples_per_prompt)]  # prompt-major
 
     def _statistics(self, module: Any, latents: Tensor, prefix: str) -> dict[str, float]:
         n = self.samples_per_prompt
@@ -119,14 +116,23 @@ class CollapseDiagnostics(L.Callback):
     def teacher_statistics(self, module: Any) -> dict[str, float]:
         """The teacher's statistics from the same noise and prompts (computed once)."""
         if self.teacher is None:
-            z, text, rng = self._noise_and_text(module)
-            denoiser = module.teachers.video
-            kind, steps = reference_sampler(denoiser)
-            scheduler = make_scheduler(kind, module.scheduler_config)
-            guided = self.teacher_guidance != 1.0
-            uncond = module.prompt_encoder([""] * z.shape[0]).to(module.device) if guided else None
-            latents = sample_teacher(
-                denoiser, scheduler, z, text, uncond, self.teacher_steps or steps, self.teacher_guidance, rng
+            family = module.family
+            steps = self.teacher_steps or family.reference_steps
+            sampler = teacher_sampler(
+                module.teachers.video,
+                module.scheduler_config,
+                family.reference_sampler,
+                steps,
+                self.teacher_guidance,
+            )
+            latents = latents_for_prompts(
+                sampler,
+                module.prompt_encoder,
+                self._prompts(),
+                module.latent_shape,
+                self.seed,
+                guided=self.teacher_guidance != 1.0,
+                device=module.device,
             )
             self.teacher = self._statistics(module, latents, "")
         return self.teacher
@@ -134,8 +140,7 @@ class CollapseDiagnostics(L.Callback):
     @torch.no_grad()
     def generator_statistics(self, module: Any) -> dict[str, float]:
         """The generator's statistics (its EMA when kept) and their ratio to the teacher's."""
-        z, text, rng = self._noise_and_text(module)
-        latents = module.sampling_generator().sample(z, text, self.num_steps, generator=rng)
+        latents = module.sample(self._prompts(), self.seed, self.num_steps)
         ours = self._statistics(module, latents, "")
         teacher = self.teacher_statistics(module)
         values = {f"diag/{k}": v for k, v in ours.items()}
@@ -160,10 +165,7 @@ class CollapseDiagnostics(L.Callback):
         with torch.no_grad():
             x0 = module.generator.sample(z, text, generator=rng)
         x0 = x0.detach().requires_grad_(True)
-        ctx = module.step_context(x0, text, uncond, batch)
-        terms = {
-            name: plugin.weight * plugin.generator_loss(ctx).loss for name, plugin in module.losses.items()
-        }
+        _, terms = module.generator_terms(module.step_context(x0, text, uncond, batch))
         norms = term_gradient_norms(terms, x0)
         total = sum(norms.values())
         values = {f"diag/grad_norm_x0/{k}": v for k, v in norms.items()}

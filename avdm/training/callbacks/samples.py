@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
 from torch import Tensor
 
 from avdm.data.visualize import frames_sheet, video_grid, write_mp4
-from avdm.errors import ConfigError
 from avdm.models.vae import decode_latents
 from avdm.training.loggers import log_samples
 
@@ -107,53 +104,3 @@ def shapes_sample_scores(videos: Tensor, prompts: Sequence[str]) -> dict[str, fl
     motion.update(videos)
     scores = {f"prompt_accuracy_{k}": float(v) for k, v in accuracy.compute().items()}
     return scores | {f"motion_{k}": float(v) for k, v in motion.compute().items()}
-
-
-class IterationProgressBar(TQDMProgressBar):
-    """Lightning's progress bar with the right total: ``max_steps`` counts generator steps, and each
-    takes ``critic_steps_per_generator_step`` batches (iterations) of the data."""
-
-    @property
-    def total_train_batches(self) -> int | float:
-        # Lightning caps an epoch at max_steps batches, which holds only with one optimizer step per batch.
-        max_steps = self.trainer.max_steps
-        if max_steps is None or max_steps < 0:
-            return super().total_train_batches
-        iterations = max_steps * getattr(self.trainer.lightning_module, "critic_every", 1)
-        try:
-            per_epoch = len(self.trainer.train_dataloader)
-        except TypeError:  # iterable datasets have no length
-            per_epoch = math.inf
-        return min(per_epoch, iterations)
-
-
-class ExportTeacher(L.Callback):
-    """At the end of training, write the trained model as a diffusers folder (``out_dir``: an AnimateDiff
-    pipeline, or a flow transformer's folders), the input of the next stage of teacher training
-    (``model.pretrained.base_model=out_dir``). ``include_vae: false`` leaves out a VAE the teacher reuses
-    from another folder (``model.pretrained.vae``).
-
-    Works with any module that has ``pipeline_parts()`` (:class:`~avdm.training.module.DistillationModule`,
-    :class:`~avdm.training.autoencoder.AutoencoderModule`).
-    """
-
-    def __init__(self, out_dir: str, include_vae: bool = True) -> None:
-        self.out_dir, self.include_vae = Path(out_dir), include_vae
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from avdm.training.sharding import is_sharded
-
-        if is_sharded(pl_module):  # refused before training, not after it
-            raise ConfigError(
-                "callbacks.export writes a teacher stage from unsharded weights at the end of training; with "
-                "trainer=fsdp2 they are sharded: train teacher stages with trainer=gpu (DDP) or trainer=cpu"
-            )
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        from avdm.training.pipeline_export import export_teacher
-
-        parts = pl_module.pipeline_parts()
-        export_teacher(self.out_dir, **parts, include_vae=self.include_vae)
-        print(f"Wrote the teacher pipeline to {self.out_dir}")
