@@ -7,12 +7,8 @@ line on stderr and exit status 2, never a traceback. The work is in :mod:`avdm.t
 
 from __future__ import annotations
 
-from avdm.config import CONFIG_DIR
 from avdm.hydra_entry import hydra_command
-from avdm.training.build import build_losses, build_module
 from avdm.training.fit import fit
-
-__all__ = ["CONFIG_DIR", "build_losses", "build_module", "fit", "main"]
 
 main = hydra_command(fit, "train")
 

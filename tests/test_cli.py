@@ -124,8 +124,8 @@ def test_tiny_experiment_trains_sharded_on_two_processes_and_exports(tmp_path):
     from diffusers import WanTransformer3DModel
 
     from avdm.export import main as export_main
-    from avdm.training.checkpointing.storage import CheckpointError, read_checkpoint
     from avdm.training.checkpointing.run_loading import load_run
+    from avdm.training.checkpointing.storage import CheckpointError, read_checkpoint
     from avdm.training.fit import check_resume_checkpoint
 
     result = _run(

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from avdm.config import CONFIG_DIR
 from avdm.losses import ConsistencyDistillationLoss, StepContext, TeacherBank
 from avdm.losses.functional import regression_distance
-from avdm.models.families.animatediff import build_animatediff
 from avdm.models.denoiser import freeze_, trainable_copy
+from avdm.models.families.animatediff import build_animatediff
 from avdm.models.generator import FewStepGenerator
 from avdm.models.sampler_steps import deterministic_step, guided_prediction
 from avdm.training.fit import fit

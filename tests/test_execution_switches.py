@@ -8,8 +8,8 @@ import torch
 
 from avdm.data import SyntheticLatentDataModule
 from avdm.losses import DenoisingGANLoss, FrameSDMLoss
-from avdm.models.families.animatediff import build_animatediff
 from avdm.models.execution import count_saved_activations, diffusers_models
+from avdm.models.families.animatediff import build_animatediff
 from avdm.training.distillation import DistillationModule
 from tests.conftest import TINY_UNET, cpu_trainer
 

@@ -136,7 +136,8 @@ def trained_run(tmp_path_factory) -> Path:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from avdm.train import CONFIG_DIR, fit
+    from avdm.config import CONFIG_DIR
+    from avdm.training.fit import fit
 
     run = tmp_path_factory.mktemp("run")
     overrides = [

@@ -20,7 +20,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from avdm.train import CONFIG_DIR, fit
+from avdm.config import CONFIG_DIR
+from avdm.training.checkpointing.run_loading import load_run
 from avdm.training.checkpointing.storage import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -28,7 +29,7 @@ from avdm.training.checkpointing.storage import (
     nonfinite_tensors,
     read_checkpoint,
 )
-from avdm.training.checkpointing.run_loading import load_run
+from avdm.training.fit import fit
 from avdm.training.update import NonFiniteLossError, NonFiniteWeightsError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,6 @@ from avdm.losses.base import StepContext, TeacherBank
 from avdm.losses.denoising import DenoisingLoss
 from avdm.metrics.word_swap import VARIANTS, swapped, word_swap_losses
 from avdm.models.denoiser import count_parameter_storage
-from avdm.models.schedules import FlowMatchingSchedule
 from avdm.models.families.wan import (
     FrameTransformerDenoiser,
     VideoTransformerDenoiser,
@@ -23,6 +22,7 @@ from avdm.models.families.wan import (
     position_channels,
     tiny_wan_transformer,
 )
+from avdm.models.schedules import FlowMatchingSchedule
 
 SIZES = {"num_attention_heads": 2, "attention_head_dim": 8, "ffn_dim": 32, "num_layers": 2, "text_dim": 32}
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from avdm.config import CONFIG_DIR
 from avdm.errors import ConfigError
-from avdm.train import CONFIG_DIR, fit
+from avdm.training.fit import fit
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

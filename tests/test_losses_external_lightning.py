@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from avdm.losses import FrameSDMLoss, StepContext, TeacherBank
-from avdm.models.families.animatediff import build_animatediff
 from avdm.models.denoiser import freeze_
+from avdm.models.families.animatediff import build_animatediff
 from avdm.models.generator import FewStepGenerator
 
 

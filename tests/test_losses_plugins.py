@@ -23,8 +23,8 @@ from avdm.losses import (
     VideoSDMLoss,
 )
 from avdm.losses.sdm import trainable_copy
-from avdm.models.families.animatediff import build_animatediff
 from avdm.models.denoiser import count_parameter_storage, freeze_
+from avdm.models.families.animatediff import build_animatediff
 from avdm.models.generator import FewStepGenerator
 
 B = 2

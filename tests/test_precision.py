@@ -8,7 +8,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from avdm.train import CONFIG_DIR, build_module, fit
+from avdm.config import CONFIG_DIR
+from avdm.training.build import build_module
+from avdm.training.fit import fit
 
 
 def _cfg(out, *overrides: str):

@@ -29,9 +29,9 @@ from avdm.errors import AvdmUserError, ConfigError
 from avdm.losses import TrajectoryRegressionLoss
 from avdm.losses.base import StepContext, TeacherBank
 from avdm.models.denoiser import trainable_copy
+from avdm.models.families.wan import build_wan
 from avdm.models.generator import FewStepGenerator
 from avdm.models.sampling import make_scheduler, sample_teacher
-from avdm.models.families.wan import build_wan
 
 PROMPTS = [
     "a red ball moving left",
@@ -295,7 +295,8 @@ def _compose(name: str, *overrides: str):
 def test_accvideo_experiments_compose_and_validate():
     tiny = _compose("train", "+experiment=accvideo_tiny", "paths.output_dir=/tmp/x")
     validate(tiny)
-    assert set(tiny.loss) == {"regression", "gan"} and tiny.model._target_ == "avdm.models.families.wan.build_wan"
+    assert set(tiny.loss) == {"regression", "gan"}
+    assert tiny.model._target_ == "avdm.models.families.wan.build_wan"
     # The ladder is the times of the key points the student learns from: 5 of an 8-step SynVid (shift 3).
     assert list(tiny.module.generator_timesteps) == pytest.approx(
         _key_timesteps(8, 3.0, [0, 2, 4, 6]), abs=1e-3
@@ -314,7 +315,7 @@ def _key_timesteps(num_steps: int, shift: float, keys: list[int]) -> list[float]
 
 def test_accvideo_tiny_trains_on_a_synthesized_root(tmp_path, capsys):
     from avdm.synthesize import synthesize
-    from avdm.train import fit
+    from avdm.training.fit import fit
 
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     root = tmp_path / "synvid"

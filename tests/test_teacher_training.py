@@ -9,11 +9,12 @@ import torch
 from diffusers import AutoencoderKL, UNetMotionModel
 from hydra import compose, initialize_config_dir
 
+from avdm.config import CONFIG_DIR
 from avdm.errors import ConfigError
 from avdm.losses import DenoisingLoss
 from avdm.losses.base import StepContext
 from avdm.models.families.animatediff import spatial_unet, tiny_motion_unet
-from avdm.train import CONFIG_DIR, fit
+from avdm.training.fit import fit
 from avdm.training.optim import param_groups_by_pattern
 
 

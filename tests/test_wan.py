@@ -10,12 +10,11 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from avdm.config import CONFIG_DIR
 from avdm.errors import MissingWeightsError
-from avdm.models.families.wan import VideoTransformerDenoiser
+from avdm.models.families.wan import VideoTransformerDenoiser, build_wan, latent_shape, tiny_wan_vae
+from avdm.models.prompt_encoders import MaskedPromptEncoder
 from avdm.models.sampling import make_scheduler
 from avdm.models.schedules import FlowMatchingSchedule
 from avdm.models.tokenizer import build_word_tokenizer
-from avdm.models.families.wan import build_wan, latent_shape, tiny_wan_vae
-from avdm.models.prompt_encoders import MaskedPromptEncoder
 from avdm.models.vae import vae_factors
 
 

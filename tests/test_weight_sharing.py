@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DConditionModel
 
-from avdm.models.families.animatediff import build_animatediff, spatial_unet
 from avdm.models.denoiser import count_parameter_storage
+from avdm.models.families.animatediff import build_animatediff, spatial_unet
 
 
 def _storages(module):
