@@ -15,7 +15,7 @@ from avdm.config import CONFIG_DIR, asset_path
 from avdm.data.shapes import COLOURS, DIRECTIONS, SHAPES, caption
 from avdm.metrics import PromptAccuracy
 from avdm.models.families.wan import FrameTransformerDenoiser
-from avdm.models.sampling import make_scheduler, reference_sampler, sample_teacher
+from avdm.models.sampling import make_scheduler, sample_teacher
 from avdm.models.vae import decode_latents
 
 # 20 Euler steps keep the check fast (measured on the shipped weights: direction 0.85, colour 1.0, shape
@@ -39,7 +39,7 @@ def test_shipped_flow_teacher_is_small_and_shares_the_encoders(teacher):
     assert not (Path(asset_path("shapes_flow_teacher")) / "vae").exists(), "the VAE is the AnimateDiff one's"
     assert teacher.latent_shape == (4, 8, 8, 8) and teacher.video_teacher.position == ("frame", "y", "x")
     assert isinstance(teacher.image_teacher, FrameTransformerDenoiser)
-    assert reference_sampler(teacher.video_teacher) == ("flow_euler", 50)
+    assert (teacher.family.reference_sampler, teacher.family.reference_steps) == ("flow_euler", 50)
     assert teacher.scheduler_config["shift"] == 3.0
 
 
