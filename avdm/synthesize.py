@@ -23,7 +23,7 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from avdm.config import validate_command
-    from avdm.data.synvid import SamplerSettings, read_prompts, write_synvid
+    from avdm.data.synvid_writing import SamplerSettings, read_prompts, write_synvid
     from avdm.errors import AvdmUserError
 
     validate_command(

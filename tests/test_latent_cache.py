@@ -17,13 +17,13 @@ from safetensors.torch import load_file
 
 from avdm.config import CONFIG_DIR
 from avdm.data.latent_cache import (
-    INDEX,
     LatentCacheDataModule,
     LatentCacheDataset,
     skipped_counts,
     write_latent_cache,
 )
 from avdm.data.openvid_folder import OpenVidDataset
+from avdm.data.shard_store import INDEX
 from avdm.errors import AvdmUserError
 from avdm.models.families.animatediff import build_animatediff
 from avdm.models.vae import encode_pixels

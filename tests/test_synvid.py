@@ -15,16 +15,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from avdm.config import CONFIG_DIR, validate
-from avdm.data.synvid import (
-    INDEX,
-    SamplerSettings,
-    SynVidDataModule,
-    SynVidDataset,
-    read_prompts,
-    record_trajectory,
-    select_key_steps,
-    write_synvid,
-)
+from avdm.data.shard_store import INDEX
+from avdm.data.synvid import SynVidDataModule, SynVidDataset, select_key_steps
+from avdm.data.synvid_writing import SamplerSettings, read_prompts, record_trajectory, write_synvid
 from avdm.errors import AvdmUserError, ConfigError
 from avdm.losses import TrajectoryRegressionLoss
 from avdm.losses.base import StepContext, TeacherBank

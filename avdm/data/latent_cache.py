@@ -21,7 +21,7 @@ the item index of each clip) and ``captions`` (JSON list).
 the dataset was: class, length, clip settings), ``shard_size``, ``dtype``, ``latent_shape``, ``text_shape``,
 ``num_clips``, ``num_skipped`` and ``shards``: ``[{id, file, first, end, count, sources, skipped}]`` where
 ``end`` is the item the shard stops before and ``skipped`` lists ``{index, file, reason}`` of the items
-whose video was bad (an :class:`~avdm.data.openvid.OpenVidDataset` replaces a bad item by another draw;
+whose video was bad (an :class:`~avdm.data.openvid_folder.OpenVidDataset` replaces a bad item by another draw;
 the cache drops it instead, so every clip appears once).
 
 Writes are atomic (temporary file + rename, shard first, index second) and a rerun skips the shards the
@@ -44,7 +44,7 @@ from safetensors import safe_open
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from avdm.data.shard_store import INDEX, ShardStore, canonical, config_hash  # noqa: F401 (INDEX re-exported)
+from avdm.data.shard_store import ShardStore, canonical, config_hash
 from avdm.data.stored_latents import StoredLatentDataModule
 from avdm.errors import AvdmUserError
 from avdm.models.bundle import ModelBundle
@@ -80,7 +80,7 @@ def describe_source(dataset: Dataset) -> dict[str, Any]:
 def bad_item(dataset: Dataset, index: int) -> tuple[str, str] | None:
     """``(file, reason)`` when item ``index``'s own video was found bad (after reading the item), else None.
 
-    Datasets that replace bad items (:class:`~avdm.data.openvid.OpenVidDataset`) say so through
+    Datasets that replace bad items (:class:`~avdm.data.openvid_folder.OpenVidDataset`) say so through
     ``bad_reason(index)`` and name their files in ``videos``; other datasets have no bad items.
     """
     reason = dataset.bad_reason(index) if hasattr(dataset, "bad_reason") else None
@@ -133,6 +133,50 @@ def _encode_shard(
     return sources, captions, latents, texts, skipped
 
 
+# The index's counts over every shard it lists.
+CACHE_TOTALS = {"num_clips": lambda e: e["count"], "num_skipped": lambda e: len(e["skipped"])}
+
+
+def _fresh_index(
+    models: ModelBundle,
+    dataset: Dataset,
+    config: dict[str, Any],
+    source: Mapping[str, Any] | None,
+    shard_size: int,
+    dtype: str,
+) -> dict[str, Any]:
+    """The index of an empty cache of this model, data source and layout."""
+    return {
+        "format": FORMAT,
+        "model_hash": model_hash(config),
+        "model": canonical(config),
+        "source": canonical(dict(source)) if source is not None else describe_source(dataset),
+        "shard_size": shard_size,
+        "dtype": dtype,
+        "latent_shape": list(models.latent_shape),
+        "text_shape": list(models.prompt_encoder([""]).shape[1:]),
+        "num_clips": 0,
+        "num_skipped": 0,
+        "shards": [],
+    }
+
+
+def _shard_tensors(
+    latents: list[Tensor], texts: list[Tensor], fresh: Mapping[str, Any], store_dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """One shard's ``latents (n, C, F, H, W)`` and ``text (n, L, D)`` in the storage dtype; refuses clips
+    whose latents do not have the model's shape."""
+    latent = torch.cat(latents) if latents else torch.empty(0, *fresh["latent_shape"])
+    text = torch.cat(texts) if texts else torch.empty(0, *fresh["text_shape"])
+    if list(latent.shape[1:]) != fresh["latent_shape"]:
+        raise AvdmUserError(
+            f"clips encode to latents {list(latent.shape[1:])} but the model's are "
+            f"{fresh['latent_shape']}; "
+            "match data.num_frames / data.resolution to model.num_frames / model.resolution"
+        )
+    return {"latents": latent.to(store_dtype).contiguous(), "text": text.to(store_dtype).contiguous()}
+
+
 def write_latent_cache(
     root: str | Path,
     dataset: Dataset,
@@ -150,7 +194,7 @@ def write_latent_cache(
     Args:
         root: the cache folder (created if missing; resumed if it holds an index).
         dataset: map-style, items ``{"pixels": (3, F, H, W) in [-1, 1], "captions": str}`` (e.g.
-            :class:`~avdm.data.openvid.OpenVidDataset`); item ``i`` lands in shard ``i // shard_size``.
+            :class:`~avdm.data.openvid_folder.OpenVidDataset`); item ``i`` lands in shard ``i // shard_size``.
         models: the teacher family, on its device (``vae``, ``prompt_encoder``, ``latent_shape``).
         shard_size: dataset items per shard (K); fixed for a root.
         batch_size: clips per VAE / text-encoder batch (never straddles shards).
@@ -175,19 +219,7 @@ def write_latent_cache(
     shards.prepare()
     root = shards.root
     config = dict(model_config) if model_config is not None else default_model_config(models)
-    fresh: dict[str, Any] = {
-        "format": FORMAT,
-        "model_hash": model_hash(config),
-        "model": canonical(config),
-        "source": canonical(dict(source)) if source is not None else describe_source(dataset),
-        "shard_size": shard_size,
-        "dtype": dtype,
-        "latent_shape": list(models.latent_shape),
-        "text_shape": list(models.prompt_encoder([""]).shape[1:]),
-        "num_clips": 0,
-        "num_skipped": 0,
-        "shards": [],
-    }
+    fresh = _fresh_index(models, dataset, config, source, shard_size, dtype)
     identity = {"model_hash": ("model",), "source": ("source",)}
     index = shards.resume_index(fresh, identity, ("shard_size", "dtype", "latent_shape", "text_shape"))
     entries = {entry["id"]: entry for entry in index["shards"]}
@@ -200,15 +232,7 @@ def write_latent_cache(
         sources, captions, latents, texts, skipped = _encode_shard(
             dataset, models, first, shard_end, batch_size
         )
-        latent = torch.cat(latents) if latents else torch.empty(0, *fresh["latent_shape"])
-        text = torch.cat(texts) if texts else torch.empty(0, *fresh["text_shape"])
-        if list(latent.shape[1:]) != fresh["latent_shape"]:
-            raise AvdmUserError(
-                f"clips encode to latents {list(latent.shape[1:])} but the model's are "
-                f"{fresh['latent_shape']}; "
-                "match data.num_frames / data.resolution to model.num_frames / model.resolution"
-            )
-        tensors = {"latents": latent.to(store_dtype).contiguous(), "text": text.to(store_dtype).contiguous()}
+        tensors = _shard_tensors(latents, texts, fresh, store_dtype)
         metadata = {
             "format": FORMAT,
             "model_hash": fresh["model_hash"],
@@ -217,7 +241,7 @@ def write_latent_cache(
             "captions": json.dumps(captions),
         }
         name = shards.write_shard(shard_id, tensors, metadata)
-        entries[shard_id] = {
+        entry = {
             "id": shard_id,
             "file": name,
             "first": first,
@@ -226,12 +250,9 @@ def write_latent_cache(
             "sources": sources,
             "skipped": skipped,
         }
-        index["shards"] = [entries[i] for i in sorted(entries)]
-        index["num_clips"] = sum(e["count"] for e in index["shards"])
-        index["num_skipped"] = sum(len(e["skipped"]) for e in index["shards"])
-        shards.write_index(index)
+        shards.record_shard(index, entries, entry, CACHE_TOTALS)
         if on_shard is not None:
-            on_shard(entries[shard_id])
+            on_shard(entry)
     return index
 
 

@@ -140,6 +140,22 @@ class ShardStore:
         """Rewrite ``index.json`` atomically (after the shards it lists are on disk)."""
         atomic_write(self.index_path, lambda p: p.write_text(json.dumps(index, indent=1)))
 
+    def record_shard(
+        self,
+        index: dict[str, Any],
+        entries: dict[int, dict[str, Any]],
+        entry: dict[str, Any],
+        totals: Mapping[str, Callable[[Mapping[str, Any]], int]],
+        **values: Any,
+    ) -> None:
+        """Add a written shard's ``entry`` to ``entries`` and to the index's shard list (in id order), set
+        each of ``totals`` to its sum over every listed shard and each of ``values`` as it is, and rewrite
+        the index."""
+        entries[entry["id"]] = entry
+        index["shards"] = [entries[i] for i in sorted(entries)]
+        index.update({key: sum(count(e) for e in index["shards"]) for key, count in totals.items()}, **values)
+        self.write_index(index)
+
     # --- reading ---------------------------------------------------------------------------------
     def read_index(self) -> dict[str, Any]:
         """The index on disk, of this store's format (one line if missing or of another format)."""
