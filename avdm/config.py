@@ -5,8 +5,9 @@ Each error names the config key and what is accepted. Checks:
 * every node with a ``_target_`` names an importable callable and passes only arguments that callable
   accepts (unknown keys are rejected, with the accepted ones listed);
 * loss plugins are :class:`~avdm.losses.base.DistillationLoss` subclasses;
-* any ``t_min`` / ``t_max`` pair lies in [0, 1] with ``t_min < t_max``;
-* weights are non-negative; a frame count ``num_frames`` of a loss is no larger than the model's;
+* every value's type, finiteness and range, and the order of ``t_min < t_max`` (a partner not given: the
+  target's default), by the rules of :mod:`avdm.config_schema`, which the constructors check too;
+* a frame count ``num_frames`` of a loss is no larger than the model's; the generator's timestep ladder;
 * ``module`` names a LightningModule (``conf/module/``) and passes it only keys it accepts.
 
 Importing it registers the ``${avdm_asset:NAME}`` resolver (weights shipped inside the package).
@@ -23,7 +24,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from avdm.config_schema import bad_value, call_parameters, check_arguments, check_value
+from avdm.config_schema import bad_value, call_parameters, check_arguments, check_ladder, check_value
 from avdm.errors import ConfigError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -104,16 +105,6 @@ def _walk_targets(node: Any, key: str) -> None:
             _walk_targets(item, f"{key}[{i}]")
 
 
-def _check_ranges(node: DictConfig, key: str) -> None:
-    if "t_min" in node or "t_max" in node:
-        t_min, t_max = node.get("t_min", 0.0), node.get("t_max", 1.0)
-        if not (0.0 <= t_min < t_max <= 1.0):
-            raise ConfigError(
-                f"{key}.t_min={t_min}, {key}.t_max={t_max}: need 0 <= t_min < t_max <= 1 "
-                f"(fractions of the teacher's T)"
-            )
-
-
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` on the first invalid key of a composed training config."""
     from avdm.losses.base import DistillationLoss
@@ -141,7 +132,6 @@ def validate(cfg: DictConfig) -> None:
                 f"{key}._target_: {node['_target_']} is not a loss plugin "
                 f"(avdm.losses.DistillationLoss subclass)"
             )
-        _check_ranges(node, key)
         frames = node.get("num_frames")
         if frames is not None and model_frames is not None and not 1 <= frames <= model_frames:
             raise ConfigError(f"{key}.num_frames={frames}: must be in [1, model.num_frames={model_frames}]")
@@ -187,21 +177,10 @@ TOP_LEVEL_KEYS = frozenset(
 
 
 def _check_ladder(ladder: Any) -> None:
-    """``module.generator_timesteps``: finite, strictly decreasing, within [0, 1000] (the exact bound is
-    the teacher's ``num_train_timesteps``, checked when the generator is built)."""
-    if ladder is None:
-        return
-    key = "module.generator_timesteps"
-    if not isinstance(ladder, list) or not ladder:
-        raise bad_value(key, ladder, "expected a non-empty list of timesteps, high to low")
-    for step in ladder:
-        check_value(key, "generator_timesteps", step, float)
-    if any(a <= b for a, b in zip(ladder, ladder[1:])):
-        raise bad_value(key, ladder, "expected strictly decreasing timesteps, e.g. [999, 749, 499, 249]")
-    if ladder[-1] < 0 or ladder[0] > 1000:
-        raise bad_value(
-            key, ladder, "expected timesteps in [0, num_train_timesteps] (1000 for every shipped teacher)"
-        )
+    """``module.generator_timesteps`` (:func:`~avdm.config_schema.check_ladder`, with every shipped
+    teacher's 1000 timesteps; the generator checks the teacher's own ``num_train_timesteps``)."""
+    if ladder is not None:
+        check_ladder("module.generator_timesteps", ladder)
 
 
 def _check_param_group(group: Any, key: str) -> None:

@@ -199,7 +199,7 @@ def run(out_dir: Path, generator_steps: int = 8, repeats: int = 5) -> dict[str, 
     trainable = {
         "generator": parameter_bytes(module.generator.parameters()),
         "fake_2d_score": parameter_bytes(module.losses["sdm"].critic_parameters()),
-        "disc_head": parameter_bytes(module.losses["gan"].critic_parameters()),
+        "discriminator": parameter_bytes(module.losses["gan"].critic_parameters()),
     }
     frozen = {
         "teacher (video + 2D + discriminator encoder, shared)": parameter_bytes(module.teachers.parameters()),

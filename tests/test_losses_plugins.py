@@ -178,8 +178,8 @@ def test_gan_default_layers_span_distinct_scales(env: Env) -> None:
     plugin.bind(env.teachers)
     # tiny UNet on 16x16: down_blocks.0 -> 8x8, down_blocks.1/2 and mid_block -> 4x4.
     assert plugin.feature_layers == ["down_blocks.0", "down_blocks.2", "mid_block"]
-    assert plugin.disc_head.in_channels == (32, 64, 64)
-    assert {n.split(".")[0] for n, _ in plugin.named_parameters()} == {"disc_head"}
+    assert plugin.discriminator.in_channels == (32, 64, 64)
+    assert {n.split(".")[0] for n, _ in plugin.named_parameters()} == {"discriminator"}
 
 
 BAD_ARGS = [

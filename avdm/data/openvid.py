@@ -23,6 +23,7 @@ import lightning as L
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from avdm.config_schema import check_parameters
 from avdm.data.openvid_folder import OpenVidDataset
 from avdm.data.openvid_items import BAD_KEY, POSITION_KEY, BadVideoTally, check_clip_args, collate_clips
 from avdm.data.openvid_shards import OpenVidShardDataset
@@ -112,10 +113,7 @@ class OpenVidDataModule(L.LightningDataModule):
             raise ConfigError("set exactly one of data.csv (with data.video_dir) and data.shards")
         if csv is not None and video_dir is None:
             raise ConfigError("data.video_dir must be set with data.csv (the folder of OpenVid mp4 files)")
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        check_parameters(self, "data", batch_size=batch_size, num_workers=num_workers)
         check_clip_args(num_frames, stride, resolution, on_bad_video)
         self.csv, self.video_dir, self.shards = csv, video_dir, shards
         self.clip_args = {

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import get_worker_info
 
+from avdm.config_schema import check_parameters
 from avdm.data.video_io import REASONS, TooShort
 from avdm.errors import ConfigError
 
@@ -49,9 +50,7 @@ class BadVideoTally:
 def check_clip_args(num_frames: int, stride: int, resolution: int, on_bad_video: str) -> TooShort:
     """Check the clip settings; return the ``too_short`` mode of :func:`~avdm.data.video_io.read_clip`
     that ``on_bad_video`` means."""
-    for key, value in (("num_frames", num_frames), ("stride", stride), ("resolution", resolution)):
-        if value < 1:
-            raise ConfigError(f"data.{key} must be >= 1, got {value}")
+    check_parameters(None, "data", num_frames=num_frames, stride=stride, resolution=resolution)
     if on_bad_video not in POLICIES:
         raise ConfigError(f"data.on_bad_video must be one of {', '.join(POLICIES)}; got {on_bad_video!r}")
     return "error" if on_bad_video == "skip" else on_bad_video  # type: ignore[return-value]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from avdm.config_schema import check_parameters
 from avdm.data.openvid import OpenVidDataModule
 from avdm.data.shapes import CSV_NAME, VIDEO_DIR, write_shapes_dataset
-from avdm.errors import ConfigError
 
 
 class ShapesDataModule(OpenVidDataModule):
@@ -38,8 +38,9 @@ class ShapesDataModule(OpenVidDataModule):
         seed: int = 0,
         on_bad_video: str = "skip",
     ) -> None:
-        if num_videos < 1:
-            raise ConfigError(f"data.num_videos must be >= 1, got {num_videos}")
+        check_parameters(
+            self, "data", num_videos=num_videos, render_frames=render_frames, render_size=render_size, fps=fps
+        )
         self.root = Path(root)
         self.render = {"num_videos": num_videos, "num_frames": render_frames, "size": render_size}
         self.fps, self.render_seed = fps, render_seed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 
+from avdm.config_schema import check_parameters
 from avdm.data.resumable import ResumableDataLoader
 from avdm.errors import AvdmUserError, ConfigError
 
@@ -22,10 +23,7 @@ class StoredLatentDataModule(L.LightningDataModule):
     mismatch_hint = "match the model config to the data"
 
     def _configure(self, batch_size: int, num_workers: int, seed: int) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        check_parameters(self, "data", batch_size=batch_size, num_workers=num_workers)
         if len(self.dataset) < batch_size:
             count, root = len(self.dataset), self.dataset.root
             raise ConfigError(f"data.batch_size={batch_size} exceeds the {count} {self.what} in '{root}'")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from avdm.config_schema import check_parameters
 from avdm.data.resumable import ResumableDataLoader
 
 COLOURS: dict[str, tuple[float, ...]] = {
@@ -39,8 +40,7 @@ class SyntheticLatentDataset(Dataset):
             raise ValueError(
                 f"data.latent_shape must be [C, F, H, W], positive sizes; got {list(latent_shape)}"
             )
-        if num_samples < 1:
-            raise ValueError(f"data.num_samples must be >= 1, got {num_samples}")
+        check_parameters(self, "data", num_samples=num_samples)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.num_samples, self.seed = num_samples, seed
 
@@ -78,8 +78,7 @@ class SyntheticLatentDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        check_parameters(self, "data", batch_size=batch_size, num_workers=num_workers)
         self.dataset = SyntheticLatentDataset(latent_shape, num_samples, seed)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
 

@@ -14,6 +14,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
+from avdm.config_schema import check_parameters
 from avdm.data.shard_store import canonical, config_hash
 from avdm.data.synvid import FORMAT, store
 from avdm.errors import AvdmUserError
@@ -95,6 +96,9 @@ class SamplerSettings:
     guidance_scale: float = 5.0
     negative_prompt: str = ""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_parameters(self, "sampler", num_steps=self.num_steps, guidance_scale=self.guidance_scale)
 
 
 def noise_seed(seed: int, index: int) -> int:

@@ -16,12 +16,13 @@ Plugins never call ``backward`` or ``step``; they never own the teachers or the 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
+from avdm.config_schema import check_parameters
 from avdm.models.denoiser import Denoiser
 from avdm.models.generator import FewStepGenerator
 
@@ -88,8 +89,7 @@ class DistillationLoss(nn.Module, abc.ABC):
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
+        check_parameters(self, weight=weight)
         self.weight = float(weight)
 
     def bind(self, teachers: TeacherBank) -> None:
@@ -107,6 +107,12 @@ class DistillationLoss(nn.Module, abc.ABC):
     def after_generator_step(self, ctx: StepContext) -> None:
         """Called after every generator update that was taken, with that step's context (``ctx.generator``
         holds the updated weights): move an EMA target here, for instance. Default: nothing."""
+
+    def rename_legacy_keys(self, state_dict: MutableMapping[str, Any], prefix: str) -> None:
+        """Rename, in place, the keys under ``prefix`` (this plugin's, e.g. ``losses.gan.``) that older
+        versions of the plugin wrote under other names, so that their checkpoints fit and load. Plugins
+        apply it in their own ``load_state_dict``; a caller that compares key sets before loading (a
+        resume) calls it first. Default: nothing was renamed."""
 
     def critic_parameters(self) -> Iterator[nn.Parameter]:
         """The trainable critic parameters (fake score, discriminator head) for this plugin's optimizer."""

@@ -22,11 +22,12 @@ samples like any other (LCM's multistep sampling is its fresh re-noising between
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from avdm.errors import ConfigError
+from avdm.config_schema import Range, check_parameters
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext, TeacherBank
 from avdm.losses.functional import DISTANCES, check_choice, regression_distance
 from avdm.models.denoiser import Denoiser, freeze_
@@ -47,12 +48,17 @@ class ConsistencyDistillationLoss(DistillationLoss):
         guidance_scale: CFG scale ``w`` of the teacher's step (``standard``: 1 = none; ``dmd2``: 0 = none).
         guidance_convention: ``standard`` or ``dmd2``
             (:func:`~avdm.models.sampler_steps.classifier_free_guidance`).
-        ema_decay: ``mu`` of the target network (LCM: 0.95).
+        ema_decay: ``mu`` of the target network (LCM: 0.95), in ``[0, 1)``; 0: the target is the online
+            network itself (``theta- <- theta`` after every update, under stop-gradient).
         distance: ``mse`` or ``pseudo_huber`` (LCM: Huber).
         huber_c: ``c`` of the pseudo-Huber distance, per-element RMS units (> 0).
     """
 
     needs_generator_sample = False
+    #: ``theta- <- mu theta- + (1 - mu) theta``: ``mu = 0`` copies the online weights (the target is the
+    #: online network, as in consistency training without EMA); ``mu = 1`` would never move the target.
+    #: The generator EMA of the module keeps ``RANGES["ema_decay"]``, ``(0, 1)``.
+    PARAM_RANGES: ClassVar[dict[str, Range]] = {"ema_decay": Range(0.0, 1.0, open_high=True)}
 
     def __init__(
         self,
@@ -65,12 +71,13 @@ class ConsistencyDistillationLoss(DistillationLoss):
         huber_c: float = 1e-3,
     ) -> None:
         super().__init__(weight)
-        if num_solver_steps < 1:
-            raise ConfigError(f"num_solver_steps must be >= 1, got {num_solver_steps}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        if huber_c <= 0:
-            raise ConfigError(f"huber_c must be > 0, got {huber_c}")
+        check_parameters(
+            self,
+            num_solver_steps=num_solver_steps,
+            guidance_scale=guidance_scale,
+            ema_decay=ema_decay,
+            huber_c=huber_c,
+        )
         check_choice("guidance_convention", guidance_convention, CFG_CONVENTIONS)
         check_choice("distance", distance, DISTANCES)
         self.num_solver_steps = num_solver_steps

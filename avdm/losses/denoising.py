@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from avdm.errors import ConfigError
+from avdm.config_schema import check_parameters
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext
 from avdm.losses.functional import WEIGHTINGS, check_choice, check_t_range, denoising_loss
 from avdm.models.schedules import T_DENSITIES
@@ -47,17 +47,13 @@ class DenoisingLoss(DistillationLoss):
         single_frame: bool = False,
     ) -> None:
         super().__init__(weight)
-        check_t_range(t_min, t_max)
+        check_t_range(t_min, t_max, self)
         check_choice("weighting", weighting, WEIGHTINGS)
-        if min_snr_gamma <= 0:
-            raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
-        if not 0.0 <= uncond_prob <= 1.0:
-            raise ValueError(f"uncond_prob must be in [0, 1], got {uncond_prob}")
+        check_parameters(self, min_snr_gamma=min_snr_gamma, uncond_prob=uncond_prob)
         self.t_min, self.t_max, self.uncond_prob = t_min, t_max, uncond_prob
         self.weighting, self.min_snr_gamma = weighting, min_snr_gamma
         check_choice("t_density", t_density, T_DENSITIES)
-        if logit_std <= 0:
-            raise ConfigError(f"logit_std must be > 0, got {logit_std}")
+        check_parameters(self, logit_std=logit_std)
         self.single_frame = bool(single_frame)
         self.t_density, self.logit_mean, self.logit_std = t_density, float(logit_mean), float(logit_std)
 

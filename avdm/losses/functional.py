@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from avdm.config_schema import check_parameters
 from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser
-from avdm.models.sampler_steps import deterministic_step  # noqa: F401 (moved there)
 
 WEIGHTINGS = ("uniform", "min_snr", "truncated_snr")
 
@@ -58,10 +60,11 @@ def denoising_loss(
 
 # --- argument checks shared by the plugins ---------------------------------------------------------
 # They raise ConfigError (a ValueError): a plugin built from a config then stops the run with one line.
-def check_t_range(t_min: float, t_max: float, name: str = "t_min/t_max") -> None:
-    """Raise :class:`~avdm.errors.ConfigError` unless ``0 <= t_min < t_max <= 1`` (fractions of T)."""
-    if not 0.0 <= t_min < t_max <= 1.0:
-        raise ConfigError(f"{name} must satisfy 0 <= t_min < t_max <= 1, got [{t_min}, {t_max}]")
+def check_t_range(t_min: float, t_max: float, owner: Any = None) -> None:
+    """Raise :class:`~avdm.errors.ConfigError` unless ``t_min`` and ``t_max`` (fractions of T) lie in their
+    ranges and ``t_min < t_max``: the rules of :mod:`avdm.config_schema` (``RANGES``, ``ORDERS``), with
+    the message :func:`~avdm.config.validate` gives."""
+    check_parameters(owner, t_min=t_min, t_max=t_max)
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

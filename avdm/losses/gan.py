@@ -11,12 +11,13 @@ timestep-aware discriminator
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from avdm.config_schema import check_parameters
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext, TeacherBank
 from avdm.losses.functional import (
     GAN_LOSSES,
@@ -26,7 +27,7 @@ from avdm.losses.functional import (
     gan_generator_loss,
 )
 from avdm.models.denoiser import Denoiser
-from avdm.models.feature_discriminator import FeatureDiscriminator, default_feature_layers, probe_inputs  # noqa: F401 (moved there)
+from avdm.models.feature_discriminator import FeatureDiscriminator
 
 
 class FeatureGANLoss(DistillationLoss):
@@ -36,11 +37,15 @@ class FeatureGANLoss(DistillationLoss):
     :meth:`discriminate`. The teacher is frozen but not cut from the graph: in the generator phase the
     gradient flows through it into the generator's sample.
 
+    The discriminator built in :meth:`bind` is the attribute ``discriminator`` (state-dict keys
+    ``discriminator.*``); checkpoints written when it was named ``disc_head`` load unchanged.
+
     Args:
         weight: lambda of this term.
         loss_type: ``non_saturating`` or ``hinge``.
         feature_layers: module names of the teacher (diffusers names, e.g. ``down_blocks.1``, ``mid_block``);
-            ``None``: three layers at distinct spatial scales (:func:`default_feature_layers`).
+            ``None``: three layers at distinct spatial scales
+            (:func:`~avdm.models.feature_discriminator.default_feature_layers`).
         head_channels, head_layers, temporal_kernel: see :class:`MultiScaleDiscriminatorHead`.
         probe_shape, text_dim: the dummy input ``(C, F, H, W)`` and text width used in ``bind`` to read the
             feature channels; ``None`` reads them from the teacher's diffusers config.
@@ -61,12 +66,9 @@ class FeatureGANLoss(DistillationLoss):
         check_choice("loss_type", loss_type, GAN_LOSSES)
         if feature_layers is not None and len(feature_layers) == 0:
             raise ValueError("feature_layers must be null or a non-empty list of module names")
-        if head_channels < 1 or head_layers < 1:
-            raise ValueError(
-                f"head_channels and head_layers must be >= 1, got {head_channels}, {head_layers}"
-            )
-        if temporal_kernel < 1 or temporal_kernel % 2 == 0:
-            raise ValueError(f"temporal_kernel must be an odd int >= 1, got {temporal_kernel}")
+        check_parameters(
+            self, head_channels=head_channels, head_layers=head_layers, temporal_kernel=temporal_kernel
+        )
         if probe_shape is not None and (len(probe_shape) != 4 or min(probe_shape) < 1):
             raise ValueError(f"probe_shape must be (C, F, H, W) of positive ints, got {list(probe_shape)}")
         self.loss_type = loss_type
@@ -75,11 +77,11 @@ class FeatureGANLoss(DistillationLoss):
         self.temporal_kernel = temporal_kernel
         self.probe_shape = list(probe_shape) if probe_shape is not None else None
         self.text_dim = text_dim
-        self.disc_head: FeatureDiscriminator | None = None
+        self.discriminator: FeatureDiscriminator | None = None
 
     def bind(self, teachers: TeacherBank) -> None:
         """Pick the feature layers and build the head from their channel counts (one dummy forward)."""
-        self.disc_head = FeatureDiscriminator.on_teacher(
+        self.discriminator = FeatureDiscriminator.on_teacher(
             teachers.video,
             self.feature_layers,
             self.head_channels,
@@ -88,13 +90,27 @@ class FeatureGANLoss(DistillationLoss):
             self.probe_shape,
             self.text_dim,
         )
-        self.feature_layers = self.disc_head.feature_layers
+        self.feature_layers = self.discriminator.feature_layers
+
+    def rename_legacy_keys(self, state_dict: MutableMapping[str, Any], prefix: str) -> None:
+        """``<prefix>disc_head.*`` (the attribute's name before it was ``discriminator``) ->
+        ``<prefix>discriminator.*``, in place."""
+        old, new = f"{prefix}disc_head.", f"{prefix}discriminator."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[new + key[len(old) :]] = state_dict.pop(key)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: Mapping[str, Any], *args: Any
+    ) -> None:
+        # ``state_dict`` is load_state_dict's own copy; the children load after this, from renamed keys.
+        self.rename_legacy_keys(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def discriminate(self, teacher: Denoiser, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
         """Logits ``(B, N)`` of :meth:`FeatureDiscriminator.discriminate` (the head is constant for G)."""
-        if self.disc_head is None:
+        if self.discriminator is None:
             raise RuntimeError(f"{type(self).__name__}: call bind(teachers) before computing losses")
-        return self.disc_head.discriminate(teacher, x_t, t, text)
+        return self.discriminator.discriminate(teacher, x_t, t, text)
 
     def adversarial_generator_loss(
         self, teacher: Denoiser, x_fake: Tensor, t: Tensor, text: Tensor
@@ -150,7 +166,7 @@ class DenoisingGANLoss(FeatureGANLoss):
         self, weight: float = 1.0, t_min: float = 0.0, t_max: float = 0.5, **discriminator: Any
     ) -> None:
         super().__init__(weight, **discriminator)
-        check_t_range(t_min, t_max)
+        check_t_range(t_min, t_max, self)
         self.t_min, self.t_max = float(t_min), float(t_max)
 
     def _noised(self, teacher: Denoiser, x0: Tensor) -> tuple[Tensor, Tensor]:

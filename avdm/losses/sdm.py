@@ -10,11 +10,12 @@ They differ only in the teacher role and in which frames they look at.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from avdm.config_schema import check_parameters
 from avdm.errors import ConfigError
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext, TeacherBank
 from avdm.losses.functional import (
@@ -80,14 +81,13 @@ class ScoreDistillationLoss(DistillationLoss):
     ) -> None:
         super().__init__(weight)
         check_choice("teacher", teacher, self.TEACHER_ROLES)
-        if num_frames is not None and num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1 or null (every frame), got {num_frames}")
-        check_t_range(t_min, t_max)
+        check_parameters(self, num_frames=num_frames)  # None: every frame
+        check_t_range(t_min, t_max, self)
+        check_parameters(self, guidance_scale=guidance_scale)
         check_choice("guidance_convention", guidance_convention, CFG_CONVENTIONS)
         check_choice("reduction", reduction, SDM_REDUCTIONS)
         check_choice("fake_score_weighting", fake_score_weighting, WEIGHTINGS)
-        if norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0, got {norm_eps}")
+        check_parameters(self, norm_eps=norm_eps)
         self.teacher_role = teacher
         self.num_frames = num_frames
         self.t_min, self.t_max = float(t_min), float(t_max)
@@ -186,6 +186,8 @@ class FrameSDMLoss(ScoreDistillationLoss):
             ``norm_eps``, ``fake_score_weighting`` of :class:`ScoreDistillationLoss`.
     """
 
+    FIXED_ARGUMENTS: ClassVar[tuple[str, ...]] = ("teacher",)  # passed here: no config key of this class
+
     def __init__(self, weight: float = 1.0, num_frames: int = 4, **settings: Any) -> None:
         super().__init__(weight, teacher="image", num_frames=num_frames, **settings)
 
@@ -198,6 +200,8 @@ class VideoSDMLoss(ScoreDistillationLoss):
         settings: ``t_min``, ``t_max``, ``guidance_scale``, ``guidance_convention``, ``reduction``,
             ``norm_eps``, ``fake_score_weighting`` of :class:`ScoreDistillationLoss`.
     """
+
+    FIXED_ARGUMENTS: ClassVar[tuple[str, ...]] = ("teacher", "num_frames")  # passed here: no config keys
 
     def __init__(self, weight: float = 1.0, **settings: Any) -> None:
         super().__init__(weight, teacher="video", num_frames=None, **settings)

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from avdm.config_schema import check_parameters
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext
 from avdm.losses.functional import DISTANCES, check_choice, regression_distance
 from avdm.losses.gan import FeatureGANLoss
@@ -95,8 +96,7 @@ class TrajectoryRegressionLoss(DistillationLoss):
         super().__init__(weight)
         check_choice("distance", distance, DISTANCES)
         check_choice("target", target, TARGETS)
-        if huber_c <= 0:
-            raise ValueError(f"huber_c must be > 0, got {huber_c}")
+        check_parameters(self, huber_c=huber_c)
         self.distance, self.huber_c, self.target = distance, float(huber_c), target
 
     def generator_loss(self, ctx: StepContext) -> LossOutput:

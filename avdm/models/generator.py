@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from avdm.config_schema import check_ladder
 from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser
 from avdm.models.sampler_steps import deterministic_step
@@ -55,21 +56,9 @@ class FewStepGenerator(nn.Module):
         if renoise not in RENOISE:
             raise ConfigError(f"module.generator_renoise={renoise!r}: expected one of {', '.join(RENOISE)}")
         self.renoise = renoise
-        if (
-            len(timesteps) < 1
-            or list(timesteps) != sorted(timesteps, reverse=True)
-            or len(set(timesteps)) != len(timesteps)
-        ):
-            raise ConfigError(
-                f"module.generator_timesteps={list(timesteps)}: expected a non-empty, strictly "
-                "decreasing list"
-            )
-        T = denoiser.schedule.num_train_timesteps
-        if timesteps[0] > T or timesteps[-1] < 0:
-            raise ConfigError(
-                f"module.generator_timesteps={list(timesteps)}: expected timesteps in [0, {T}] "
-                "(the teacher's timestep units)"
-            )
+        # The rule validate() checks too, here with the teacher's own T (numpy / tensor scalars as numbers).
+        ladder = [s.item() if hasattr(s, "item") else s for s in timesteps]
+        check_ladder("module.generator_timesteps", ladder, denoiser.schedule.num_train_timesteps)
         self.denoiser = denoiser
         self.timesteps = [float(s) for s in timesteps]
         # Plain floats, not a buffer: casting the module to bf16 must not move the ladder (499/999 -> 0.5).

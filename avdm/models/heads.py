@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avdm.config_schema import check_range
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of normalized times ``t (B,)`` (scaled to ``[0, 1000]``), shape ``(B, dim)``."""
@@ -59,12 +61,10 @@ class MultiScaleDiscriminatorHead(nn.Module):
         super().__init__()
         if len(in_channels) < 1 or any(c < 1 for c in in_channels):
             raise ValueError(f"in_channels must be non-empty positive ints, got {list(in_channels)}")
-        if hidden_channels < 1 or num_layers < 1:
-            raise ValueError(
-                f"hidden_channels and num_layers must be >= 1, got {hidden_channels}, {num_layers}"
-            )
-        if temporal_kernel < 1 or temporal_kernel % 2 == 0:
-            raise ValueError(f"temporal_kernel must be an odd int >= 1, got {temporal_kernel}")
+        # The rules of the loss arguments these come from (FeatureGANLoss: head_channels, head_layers).
+        check_range("hidden_channels", hidden_channels, name="head_channels")
+        check_range("num_layers", num_layers, name="head_layers")
+        check_range("temporal_kernel", temporal_kernel)
         kernel, padding = (temporal_kernel, 3, 3), (temporal_kernel // 2, 1, 1)
         groups = math.gcd(hidden_channels, max(1, min(32, hidden_channels // 8)))  # >= 8 channels a group
 

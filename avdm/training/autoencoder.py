@@ -16,6 +16,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from avdm.config_schema import check_parameters
 from avdm.errors import ConfigError
 from avdm.models.bundle import ModelBundle
 from avdm.models.denoiser import freeze_
@@ -49,10 +50,14 @@ class AutoencoderModule(L.LightningModule):
         super().__init__()
         if models.vae is None:
             raise ConfigError("model: the bundle has no VAE to train")
-        if frames_per_clip < 1:
-            raise ConfigError(f"module.frames_per_clip must be >= 1, got {frames_per_clip}")
-        if lr <= 0 or kl_weight < 0:
-            raise ConfigError(f"module.lr must be > 0 and kl_weight >= 0, got {lr} and {kl_weight}")
+        check_parameters(
+            self,
+            "module",
+            lr=lr,
+            kl_weight=kl_weight,
+            frames_per_clip=frames_per_clip,
+            warmup_steps=warmup_steps,
+        )
         self.vae = models.vae
         self.vae.requires_grad_(True)
         self.scheduler_config = dict(models.scheduler_config)

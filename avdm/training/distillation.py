@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from avdm.config_schema import check_parameters
 from avdm.errors import ConfigError
 from avdm.losses.base import DistillationLoss, LossOutput, StepContext, TeacherBank
 from avdm.models.bundle import ModelBundle
@@ -100,10 +101,12 @@ class DistillationModule(L.LightningModule):
         super().__init__()
         if not losses:
             raise ConfigError("loss: at least one loss plugin is required")
-        if critic_steps_per_generator_step < 1:
-            raise ConfigError(
-                f"module.critic_steps_per_generator_step must be >= 1, got {critic_steps_per_generator_step}"
-            )
+        check_parameters(self, "module", critic_lr=critic_lr, betas=betas, weight_decay=weight_decay)
+        check_parameters(
+            self, "module", warmup_steps=warmup_steps, grad_clip_norm=grad_clip_norm, ema_decay=ema_decay
+        )
+        check_parameters(self, "module", critic_steps_per_generator_step=critic_steps_per_generator_step)
+        check_parameters(self, "module", max_consecutive_nonfinite=max_consecutive_nonfinite)
         self.automatic_optimization = False
         self.teachers = TeacherBank(models.video_teacher, models.image_teacher)
         self.prompt_encoder, self.vae = models.prompt_encoder, models.vae
@@ -441,5 +444,7 @@ class DistillationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "state_dict" not in checkpoint:
             return  # a sharded checkpoint: the strategy has loaded the weights (sharded_strategy.py)
+        for name, plugin in self.losses.items():  # keys of older plugin versions, before the key check
+            plugin.rename_legacy_keys(checkpoint["state_dict"], f"losses.{name}.")
         own = self.state_dict()
         checkpoint["state_dict"].update({k: own[k] for k in frozen_keys(own)})

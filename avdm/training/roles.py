@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from avdm.config_schema import check_range
 from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser, freeze_, trainable_copy
 from avdm.models.generator import FewStepGenerator
@@ -54,8 +55,7 @@ def generator_ema(generator: FewStepGenerator, ema_decay: float | None) -> Avera
     """An exponential moving average of ``generator`` (updated on local shards under FSDP2), or ``None``."""
     if ema_decay is None:
         return None
-    if not 0.0 < ema_decay < 1.0:
-        raise ConfigError(f"module.ema_decay must be in (0, 1) or null, got {ema_decay}")
+    check_range("module.ema_decay", ema_decay)
     ema = AveragedModel(
         generator, multi_avg_fn=on_local_shards(get_ema_multi_avg_fn(ema_decay)), use_buffers=True
     )

@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from avdm.config_schema import check_parameters
 from avdm.models.bundle import ModelBundle
 from avdm.models.denoiser import Denoiser
 from avdm.models.families import Family
@@ -230,6 +231,7 @@ def build_animatediff(
     """
     if source not in ("pretrained", "tiny"):
         raise ValueError(f"model.source must be 'pretrained' or 'tiny', got {source!r}")
+    check_parameters(build_animatediff, "model", num_frames=num_frames, resolution=resolution)
     if source == "tiny":
         if image_teacher != "shared":
             raise ValueError("model.image_teacher must be 'shared' for tiny models")

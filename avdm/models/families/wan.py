@@ -21,6 +21,7 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTran
 from einops import rearrange
 from torch import Tensor, nn
 
+from avdm.config_schema import check_parameters
 from avdm.errors import ConfigError, MissingWeightsError
 from avdm.models.bundle import ModelBundle
 from avdm.models.denoiser import Denoiser
@@ -391,6 +392,7 @@ def build_wan(
     position = tuple(position or ())
     if source not in ("tiny", "pretrained"):
         raise ValueError(f"model.source must be 'pretrained' or 'tiny', got {source!r}")
+    check_parameters(build_wan, "model", num_frames=num_frames, resolution=resolution)
     transformer, vae, prompt_encoder, loaded_scheduler, sources = _parts(
         source, pretrained, tiny, seed, len(position), encoders
     )

@@ -19,12 +19,13 @@ All of it runs under ``torch.random.fork_rng``: training draws the same numbers 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from avdm.config_schema import Range, check_parameters
 from avdm.metrics.collapse import collapse_statistics
 from avdm.models.sampling import latents_for_prompts, teacher_sampler
 from avdm.models.vae import decode_latents
@@ -62,6 +63,9 @@ class CollapseDiagnostics(L.Callback):
     ``history`` holds every check as ``{"step": N, "diag/...": value}``; ``latest`` the last one.
     """
 
+    #: Every check is a sample of its own: 0 (``SampleVideos``: only at the end) has no meaning here.
+    PARAM_RANGES: ClassVar[dict[str, Range]] = {"every_n_steps": Range(1.0)}
+
     def __init__(
         self,
         every_n_steps: int = 100,
@@ -73,10 +77,14 @@ class CollapseDiagnostics(L.Callback):
         teacher_guidance: float = 4.0,
         gradient_shares: bool = True,
     ) -> None:
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(
-                f"callbacks.diagnostics.every_n_steps={every_n_steps!r}: expected an integer >= 1"
-            )
+        check_parameters(
+            self,
+            "callbacks.diagnostics",
+            every_n_steps=every_n_steps,
+            num_steps=num_steps,
+            teacher_steps=teacher_steps,
+            teacher_guidance=teacher_guidance,
+        )
         if not prompts:
             raise ValueError("callbacks.diagnostics.prompts must not be empty")
         if (

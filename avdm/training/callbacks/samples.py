@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from torch import Tensor
 
+from avdm.config_schema import check_parameters
 from avdm.data.visualize import frames_sheet, video_grid, write_mp4
 from avdm.models.vae import decode_latents
 from avdm.training.loggers import log_samples
@@ -45,8 +46,7 @@ class SampleVideos(L.Callback):
         num_steps: int | None = None,
         fps: int = 8,
     ) -> None:
-        if every_n_steps < 0:
-            raise ValueError(f"callbacks.samples.every_n_steps must be >= 0, got {every_n_steps}")
+        check_parameters(self, "callbacks.samples", every_n_steps=every_n_steps, num_steps=num_steps, fps=fps)
         if not prompts:
             raise ValueError("callbacks.samples.prompts must not be empty")
         self.output_dir, self.every_n_steps = Path(output_dir), every_n_steps
