@@ -140,6 +140,26 @@ def networks(module: nn.Module) -> list[nn.Module]:
     return sorted(found.values(), key=lambda net: -sum(p.numel() for p in net.parameters()))
 
 
+def cast_buffers(network: nn.Module, dtype: torch.dtype) -> int:
+    """Cast ``network``'s floating-point buffers to ``dtype`` (the all-gathered weights' dtype), except
+    inside its ``_keep_in_fp32_modules`` (diffusers' list); returns how many were cast.
+
+    FSDP2's ``param_dtype`` casts parameters and forward inputs, never buffers: a float32 buffer added to
+    a bf16 activation (AnimateDiff's motion-module positional table ``pe``) promotes it back to float32
+    and the next bf16 linear refuses it. ``ModelMixin.to(dtype)``, how diffusers runs bf16, casts them.
+    """
+    keep = tuple(getattr(network, "_keep_in_fp32_modules", None) or ())
+    cast = 0
+    for module_name, module in network.named_modules():
+        if any(part in keep for part in module_name.split(".")):
+            continue
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                module._buffers[name] = buffer.to(dtype)
+                cast += 1
+    return cast
+
+
 def shard_roles(module: nn.Module, mesh: Any, settings: ShardingSettings) -> list[nn.Module]:
     """``fully_shard`` every network of ``module`` over the 1-D data-parallel ``mesh``; returns the roots.
 
@@ -164,6 +184,8 @@ def shard_roles(module: nn.Module, mesh: Any, settings: ShardingSettings) -> lis
         # fully_shard's default for a root. Measured: with the Wan root resharded after its forward, the
         # generator's backward (several forwards of one network before it) found them freed.
         fully_shard(network, **{**options, "reshard_after_forward": False})
+        if settings.param_dtype:
+            cast_buffers(network, DTYPES[settings.param_dtype])
         roots.append(network)
     for root in roots:
         fully_shard.state(root)._lazy_init()
