@@ -19,6 +19,7 @@ BENCHMARKS = (
     "benchmarks.bench_precision",
     "benchmarks.bench_lora",
     "benchmarks.bench_sharding",
+    "benchmarks.bench_plan",
 )
 
 
