@@ -24,6 +24,7 @@ from avdm.config import validate
 from avdm.errors import AvdmUserError
 from avdm.training.build import build_module
 from avdm.training.callbacks.final_checkpoint import EXIT_CODES, FinalCheckpoint
+from avdm.training.callbacks.memory_plan import MemoryPlanLog
 from avdm.training.callbacks.progress import IterationProgressBar
 from avdm.training.checkpointing.storage import (
     AtomicCheckpointIO,
@@ -85,7 +86,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     final = FinalCheckpoint()
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    callbacks.append(final)
+    callbacks += [final, MemoryPlanLog(cfg)]  # the memory plan logged at the start (analytic)
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(IterationProgressBar())
     loggers = build_loggers(cfg)

@@ -126,7 +126,9 @@ def spatial_unet(motion_unet: UNetMotionModel) -> UNet2DConditionModel:
         for name, _ in list(block_2d.named_children()):
             setattr(block_2d, name, getattr(block_motion, name))
 
-    left = [n for n, t in [*unet.named_parameters(), *unet.named_buffers()] if t.is_meta]
+    # Every tensor must be one of the motion UNet's (by identity: on the meta device all of them are meta).
+    owned = {id(t) for t in (*motion_unet.parameters(), *motion_unet.buffers())}
+    left = [n for n, t in [*unet.named_parameters(), *unet.named_buffers()] if id(t) not in owned]
     if left:
         raise RuntimeError(f"spatial_unet: {left[:5]} have no counterpart in {type(motion_unet).__name__}")
     return unet
