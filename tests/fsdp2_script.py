@@ -4,8 +4,8 @@ case into ``OUT/FAMILY-ROLES/`` (one launch: the imports and the process group a
 
 One process pair trains the same tiny run three times: with DDP for 3 generator steps; with FSDP2
 (``ShardedStrategy``) for 3 steps, saving a sharded checkpoint at step 2; with FSDP2 again from that
-checkpoint to step 3. ``ROLES``: ``full`` (full-copy generator and fake score, an EMA, activation
-checkpointing) or ``lora`` (rank-4 adapters of the one frozen teacher). Every rank writes its DDP
+checkpoint to step 3. ``ROLES``: ``full`` (full-copy generator and fake score) or ``lora`` (rank-4
+adapters of the one frozen teacher), both with an EMA of the generator and activation checkpointing. Every rank writes its DDP
 weights, the clips it saw and its bytes; rank 0 also the FSDP2 runs' weights (gathered) and gradient norms.
 """
 
@@ -86,8 +86,8 @@ def build(family: str, roles: str) -> DistillationModule:
         grad_clip_norm=CLIP,  # small: clipping acts on every update, with norms over sharded gradients
         critic_steps_per_generator_step=2,
         generator_lora=lora,
-        ema_decay=0.9 if roles == "full" else None,
-        gradient_checkpointing=roles == "full",
+        ema_decay=0.9,  # a copy's average, or with LoRA roles the EMA adapter
+        gradient_checkpointing=True,  # with LoRA roles: recomputed under each block's forward adapter
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from avdm.data.synthetic_latents import SyntheticLatentDataModule
@@ -106,13 +107,92 @@ def test_optimizers_hold_only_their_own_adapter():
     assert trainable < 0.1 * sum(p.numel() for p in module.teachers.video.parameters() if not p.requires_grad)
 
 
-def test_lora_refuses_what_would_mix_roles():
-    with pytest.raises(
-        ConfigError, match="module.ema_decay=0.99 cannot be combined with module.generator_lora"
-    ):
-        _module(ema_decay=0.99)
-    with pytest.raises(ConfigError, match="gradient_checkpointing"):
-        _module(gradient_checkpointing=True)
+def _perturbed(module: DistillationModule, seed: int = 7) -> DistillationModule:
+    """Every adapter moved off its fresh start (B = 0 gives A no gradient), the same for every seed."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for role in (module.generator.denoiser, module.losses["sdm"].fake_score):
+            for _, p in role.trainable_parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return module
+
+
+def _role_gradients(module: DistillationModule) -> dict[str, torch.Tensor]:
+    """Gradients of both adapters through one graph that runs generator -> fake score -> teacher, so the
+    backward pass recomputes blocks of one network under three adapter states."""
+    x, t, text = _inputs(module)
+    generator, fake = module.generator.denoiser, module.losses["sdm"].fake_score
+    sample = generator(x, t, text)
+    frames = sample[:, :, :1].transpose(1, 2).flatten(0, 1).unsqueeze(2)  # one frame per clip, 2D role
+    score = fake(frames, t, text)
+    loss = module.teachers.video(sample, t, text).square().mean() + score.square().mean()
+    loss.backward()
+    grads = {}
+    for role, view in (("generator", generator), ("fake", fake)):
+        for name, p in view.trainable_parameters():
+            grads[f"{role}:{name}"] = p.grad.clone()
+    return grads
+
+
+def test_checkpointed_lora_roles_recompute_under_their_own_adapter():
+    """Gradient checkpointing with LoRA roles: bit-equal adapter gradients with and without it; with
+    diffusers' default checkpoint call (the recomputation runs under whatever adapter is on in the
+    backward pass) they are not."""
+    from avdm.models.execution import diffusers_models
+
+    plain = _role_gradients(_perturbed(_module()))
+    checkpointed_module = _perturbed(_module(gradient_checkpointing=True))
+    assert all(m.is_gradient_checkpointing for m in diffusers_models(checkpointed_module.teachers))
+    checkpointed = _role_gradients(checkpointed_module)
+    assert plain.keys() == checkpointed.keys() and any("fake:" in k for k in plain)
+    for key, grad in plain.items():
+        assert grad.abs().sum() > 0, key
+        assert torch.equal(checkpointed[key], grad), key
+
+    default = _perturbed(_module())
+    for network in diffusers_models(default.teachers):
+        network.enable_gradient_checkpointing()  # diffusers' own checkpoint call
+    try:
+        unguarded = _role_gradients(default)
+    except torch.utils.checkpoint.CheckpointError:  # the recomputation saved other tensors: torch refuses
+        return
+    assert any(not torch.equal(unguarded[k], g) for k, g in plain.items()), "the test cannot tell"
+
+
+@torch.no_grad()
+def test_the_ema_of_a_lora_generator_is_an_adapter_that_averages_it():
+    """``module.ema_decay`` with LoRA roles: a second adapter (no copy of the base), the first update
+    copies the generator's adapter, each later one is ``d * ema + (1 - d) * adapter``; sampling uses it."""
+    module = _module(ema_decay=0.75)
+    generator = module.generator.denoiser
+    averaged = module.sampling_generator().denoiser
+    assert isinstance(averaged, AdapterDenoiser) and averaged.model is generator.model
+    assert averaged.adapter != generator.adapter
+    assert not any(p.requires_grad for _, p in averaged.trainable_parameters())
+
+    def moved() -> dict[str, torch.Tensor]:
+        for _, p in generator.trainable_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        return {n: p.clone() for n, p in generator.trainable_parameters()}
+
+    def ema() -> list[torch.Tensor]:
+        return [p.clone() for _, p in averaged.trainable_parameters()]
+
+    torch.manual_seed(2)
+    first = moved()
+    module.generator_ema.update_parameters(module.generator)
+    assert all(torch.equal(e, g) for e, g in zip(ema(), first.values(), strict=True))
+    second = moved()
+    module.generator_ema.update_parameters(module.generator)
+    for e, a, b in zip(ema(), first.values(), second.values(), strict=True):
+        torch.testing.assert_close(e, 0.75 * a + 0.25 * b, rtol=1e-6, atol=1e-7)
+    x, t, text = _inputs(module)
+    assert not torch.equal(averaged(x, t, text), generator(x, t, text))
+    assert not torch.equal(averaged(x, t, text), module.teachers.video(x, t, text))
+    optimized = {
+        id(p) for opt in module.configure_optimizers()[0] for g in opt.param_groups for p in g["params"]
+    }
+    assert not optimized & {id(p) for _, p in averaged.trainable_parameters()}
 
 
 def _fit(module: DistillationModule, root, max_steps: int, ckpt=None) -> L.Trainer:
@@ -122,25 +202,35 @@ def _fit(module: DistillationModule, root, max_steps: int, ckpt=None) -> L.Train
     return trainer
 
 
-def test_checkpoint_holds_adapters_only_and_resume_is_exact(tmp_path):
-    straight = _module()
+@pytest.mark.parametrize(
+    "settings", [{}, {"gradient_checkpointing": True, "ema_decay": 0.9}], ids=["plain", "checkpointed-ema"]
+)
+def test_checkpoint_holds_adapters_only_and_resume_is_exact(tmp_path, settings):
+    straight = _module(**settings)
     _fit(straight, tmp_path / "a", max_steps=3)
-    first = _module()
+    first = _module(**settings)
     trainer = _fit(first, tmp_path / "b", max_steps=2)
     ckpt = tmp_path / "half.ckpt"
     trainer.save_checkpoint(ckpt)
     keys = torch.load(ckpt, weights_only=False)["state_dict"].keys()
     head = "losses.gan.discriminator."
-    base = [k for k in keys if "." in k and "lora_" not in k and not k.startswith(head)]
+    counters = ("generator_ema.n_averaged",)  # the EMA's update count, beside the step counters
+    base = [k for k in keys if "." in k and "lora_" not in k and not k.startswith(head) and k not in counters]
     assert keys and not base, base[:5]  # adapters, the discriminator head and the step counters only
     assert any(".generator." in k for k in keys) and any(".fake_score_image." in k for k in keys)
 
-    resumed = _module()
+    assert ("ema_decay" in settings) == any(".generator_ema." in k for k in keys)
+
+    resumed = _module(**settings)
     _fit(resumed, tmp_path / "c", max_steps=3, ckpt=ckpt)
     assert int(resumed.generator_steps) == 3 == int(straight.generator_steps)
-    for role in ("generator", "sdm"):
-        a = straight.generator.denoiser if role == "generator" else straight.losses["sdm"].fake_score
-        b = resumed.generator.denoiser if role == "generator" else resumed.losses["sdm"].fake_score
+    roles = {
+        "generator": lambda m: m.generator.denoiser,
+        "sdm": lambda m: m.losses["sdm"].fake_score,
+        "ema": lambda m: m.sampling_generator().denoiser,
+    }
+    for role, view in roles.items():
+        a, b = view(straight), view(resumed)
         for (name, p), (_, q) in zip(a.trainable_parameters(), b.trainable_parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=0, msg=f"{role}: {name}")
     moved = [p for _, p in straight.generator.denoiser.trainable_parameters() if "lora_B" in _]
@@ -214,3 +304,30 @@ def test_the_benchmarks_activation_counter_counts_live_saved_tensors_once():
     y.backward()
     del h, y
     assert counter.current == 0 and not counter.live
+
+
+def test_a_lora_student_with_an_ema_exports_the_averaged_adapter(tmp_path):
+    """``avdm.export`` of a LoRA run with an EMA writes the EMA adapter (the default) or, with
+    ``use_ema=False``, the generator's, under the names diffusers loads (``unet.<module>.lora_A.weight``)."""
+    from safetensors.torch import load_file
+
+    from avdm.export import export_student
+
+    module = _module(ema_decay=0.5)
+    generator = module.generator.denoiser
+    with torch.no_grad():
+        for _ in range(2):
+            for _, p in generator.trainable_parameters():
+                p.add_(0.1 * torch.randn_like(p))
+            module.generator_ema.update_parameters(module.generator)
+    averaged = module.sampling_generator().denoiser
+    for use_ema, role in ((True, averaged), (False, generator)):
+        folder = export_student(module, tmp_path / f"ema-{use_ema}", use_ema=use_ema)
+        written = load_file(folder / "lora" / "pytorch_lora_weights.safetensors")
+        expected = {f"unet.{n.replace(f'.{role.adapter}.', '.')}": p for n, p in role.trainable_parameters()}
+        assert written.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(written[key].float(), value.detach()), (use_ema, key)
+    ema_weights = [p for _, p in averaged.trainable_parameters()]
+    weights = [p for _, p in generator.trainable_parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(ema_weights, weights, strict=True))

@@ -15,10 +15,14 @@ AVDM2 iteration) and is set from the config (``module.gradient_checkpointing``, 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
+
+from avdm.models.lora import forward_adapter_state
 
 
 def diffusers_models(root: nn.Module) -> list[nn.Module]:
@@ -50,9 +54,21 @@ def enable_gradient_checkpointing(root: nn.Module) -> list[str]:
     switched = []
     for model in diffusers_models(root):
         if getattr(model, "_supports_gradient_checkpointing", False):
-            model.enable_gradient_checkpointing()
+            model.enable_gradient_checkpointing(checkpoint_under_forward_adapters)
             switched.append(type(model).__name__)
     return switched
+
+
+def checkpoint_under_forward_adapters(block: nn.Module, *args: Any) -> Any:
+    """diffusers' default checkpoint call (``torch.utils.checkpoint``, non-reentrant), with the block's
+    recomputation in the backward pass run under the LoRA adapter its forward ran under (LoRA roles share
+    one network, and the backward runs after the role's call has switched its adapter off)."""
+    return torch.utils.checkpoint.checkpoint(
+        block.__call__,
+        *args,
+        use_reentrant=False,
+        context_fn=lambda: (nullcontext(), forward_adapter_state(block)),
+    )
 
 
 def to_channels_last(root: nn.Module) -> int:

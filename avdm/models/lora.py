@@ -10,15 +10,17 @@ The invariant that keeps roles apart: **outside an adapter view's call, every ad
 off**, so a plain teacher view needs no change. :func:`adapter_active` switches one adapter on for the
 duration of a call and restores every ``requires_grad`` flag peft's switches touch (peft makes the active
 adapter trainable and the others frozen; here the optimizers own those flags). A fresh adapter (B = 0) gives
-exactly the base's output. Activations recomputed in the backward pass (gradient checkpointing) would run
-outside the call, under another adapter, so LoRA roles refuse it.
+exactly the base's output. Activations recomputed in the backward pass (gradient checkpointing) run after
+the call has ended, when another adapter (or none) is on: :func:`forward_adapter_state` captures a block's
+adapter state at its forward and puts it back for its recomputation
+(:func:`~avdm.models.execution.enable_gradient_checkpointing`).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from torch import Tensor, nn
@@ -112,6 +114,46 @@ def adapter_active(model: nn.Module, name: str) -> Iterator[None]:
             layer._disable_adapters = True
         for p, flag in flags.items():
             p.requires_grad_(flag)
+
+
+def _layer_state(layers: list[nn.Module]) -> tuple[list[tuple[Any, bool]], dict[nn.Parameter, bool]]:
+    switches = [(layer.active_adapters, layer._disable_adapters) for layer in layers]
+    return switches, {p: p.requires_grad for layer in layers for p in layer.parameters()}
+
+
+@contextmanager
+def _layers_set_to(
+    layers: list[nn.Module], switches: list[tuple[Any, bool]], flags: dict[nn.Parameter, bool]
+) -> Iterator[None]:
+    found = _layer_state(layers)
+    _set_layers(layers, switches, flags)
+    try:
+        yield
+    finally:
+        _set_layers(layers, *found)
+
+
+def _set_layers(
+    layers: list[nn.Module], switches: list[tuple[Any, bool]], flags: dict[nn.Parameter, bool]
+) -> None:
+    for layer, (active, disabled) in zip(layers, switches, strict=True):
+        layer.set_adapter(active)  # peft also flips requires_grad here: the flags are put back below
+        layer._disable_adapters = disabled
+    for p, flag in flags.items():
+        p.requires_grad_(flag)
+
+
+def forward_adapter_state(block: nn.Module) -> AbstractContextManager[None]:
+    """A context that, entered later, sets ``block``'s LoRA layers as they are now (which adapter is on,
+    whether adapters are off, the ``requires_grad`` of their weights) and restores what it found on exit:
+    what a checkpointed block's recomputation in the backward pass needs to run under its forward's role.
+    A block without LoRA layers: a context that does nothing."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in block.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        return nullcontext()
+    return _layers_set_to(layers, *_layer_state(layers))
 
 
 def adapter_parameters(model: nn.Module, name: str) -> Iterator[tuple[str, nn.Parameter]]:

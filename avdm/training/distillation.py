@@ -64,9 +64,11 @@ class DistillationModule(L.LightningModule):
         max_consecutive_nonfinite: stop after this many iterations in a row whose loss is NaN/inf.
         seed: base seed of the per-iteration randomness.
         ema_decay: keep an exponential moving average of the generator with this decay (``None``: off;
-            the paper uses none). Sampling callbacks use it when present.
-        gradient_checkpointing: recompute activations inside every UNet block in the backward pass
-            (less memory, about one more forward); loss values are unchanged.
+            the paper uses none; with ``generator_lora``, an EMA adapter beside the generator's). Sampling
+            callbacks and export use it when present.
+        gradient_checkpointing: recompute activations inside every UNet / transformer block in the backward
+            pass (less memory, about one more forward); loss values are unchanged; with LoRA roles each
+            block is recomputed under the adapter its forward ran under.
         channels_last: keep 4-D weights in channels-last layout; loss values are unchanged.
         generator_lora: ``{rank, alpha, target_modules}``: the generator is the frozen video teacher plus a
             ``generator`` LoRA adapter (:mod:`avdm.models.lora`) instead of a full trainable copy; ``None``:
@@ -111,9 +113,9 @@ class DistillationModule(L.LightningModule):
         self.teachers = TeacherBank(models.video_teacher, models.image_teacher)
         self.prompt_encoder, self.vae = models.prompt_encoder, models.vae
         freeze_all(*self._frozen_roles())
-        student = build_student(models.video_teacher, generator_lora, ema_decay, gradient_checkpointing)
+        student = build_student(models.video_teacher, generator_lora)
         self.generator = FewStepGenerator(student, generator_timesteps, generator_renoise)
-        self.generator_ema = generator_ema(self.generator, ema_decay)
+        self.generator_ema = generator_ema(self.generator, ema_decay, generator_lora)
         self.losses = nn.ModuleDict(dict(losses))
         self.needs_sample = any(plugin.needs_generator_sample for plugin in self.losses.values())
         self._bind_plugins()

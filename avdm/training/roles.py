@@ -15,11 +15,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from avdm.config_schema import check_range
-from avdm.errors import ConfigError
 from avdm.models.denoiser import Denoiser, freeze_, trainable_copy
 from avdm.models.generator import FewStepGenerator
 from avdm.models.lora import AdapterDenoiser, add_lora
 from avdm.models.pretrained import DTYPES
+from avdm.training.adapter_ema import AdapterEMA
 from avdm.training.sharding import on_local_shards
 
 
@@ -30,32 +30,25 @@ def freeze_all(*roles: nn.Module | None) -> None:
             freeze_(role)
 
 
-def build_student(
-    teacher: Denoiser,
-    generator_lora: Mapping[str, Any] | None,
-    ema_decay: float | None,
-    gradient_checkpointing: bool,
-) -> Denoiser:
+def build_student(teacher: Denoiser, generator_lora: Mapping[str, Any] | None) -> Denoiser:
     """The generator's denoiser: a trainable copy of ``teacher``, or with ``generator_lora`` the teacher
-    itself seen through a new ``generator`` adapter (which refuses an EMA and activation checkpointing)."""
+    itself seen through a new ``generator`` adapter."""
     if generator_lora is None:
         return trainable_copy(teacher)
-    for name, value in (("ema_decay", ema_decay), ("gradient_checkpointing", gradient_checkpointing)):
-        if value:
-            raise ConfigError(
-                f"module.{name}={value} cannot be combined with module.generator_lora (the adapter "
-                "roles share one network: an EMA would copy it, recomputed activations would run "
-                "under another role's adapter); set it to null / false"
-            )
     add_lora(teacher.model, "generator", generator_lora, key="module.generator_lora")
     return AdapterDenoiser(teacher, "generator")
 
 
-def generator_ema(generator: FewStepGenerator, ema_decay: float | None) -> AveragedModel | None:
-    """An exponential moving average of ``generator`` (updated on local shards under FSDP2), or ``None``."""
+def generator_ema(
+    generator: FewStepGenerator, ema_decay: float | None, generator_lora: Mapping[str, Any] | None = None
+) -> AveragedModel | AdapterEMA | None:
+    """An exponential moving average of ``generator`` (updated on local shards under FSDP2), or ``None``;
+    of a LoRA generator (``generator_lora``), the average is a second adapter (:class:`AdapterEMA`)."""
     if ema_decay is None:
         return None
     check_range("module.ema_decay", ema_decay)
+    if generator_lora is not None:
+        return AdapterEMA(generator, ema_decay, generator_lora)
     ema = AveragedModel(
         generator, multi_avg_fn=on_local_shards(get_ema_multi_avg_fn(ema_decay)), use_buffers=True
     )
