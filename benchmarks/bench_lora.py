@@ -2,7 +2,8 @@
 
 Three setups of the AVDM2 run (2D SDM + denoising GAN): full trainable copies of the teacher for the
 generator and the fake score (the paper's setting), a LoRA generator (``module.generator_lora``), and a LoRA
-generator plus a LoRA fake score (``loss.sdm.fake_score_lora``), all on one frozen base.
+generator plus a LoRA fake score (``loss.sdm.fake_score_lora``), all on one frozen base; and the last with
+activation checkpointing (``module.gradient_checkpointing``: each block recomputed under its adapter).
 
 * measured on the shipped shapes teacher (``avdm2_shapes``): the module built from the config, bytes of its
   distinct storages (shared weights once), gradients = the trainable bytes in float32, AdamW = two float32
@@ -41,6 +42,11 @@ SETUPS = {
     "LoRA generator + LoRA fake score": [
         f"module.generator_lora={{rank:{RANK},alpha:{RANK}}}",
         f"loss.sdm.fake_score_lora={{rank:{RANK},alpha:{RANK}}}",
+    ],
+    "LoRA generator + LoRA fake score, checkpointed": [
+        f"module.generator_lora={{rank:{RANK},alpha:{RANK}}}",
+        f"loss.sdm.fake_score_lora={{rank:{RANK},alpha:{RANK}}}",
+        "module.gradient_checkpointing=true",
     ],
 }
 
@@ -213,7 +219,9 @@ def run(out_dir: Path) -> dict[str, Any]:
         "Saved activations: every tensor autograd keeps for backward, counted while it lives, over two",
         "iterations (generator and critic phases, batch 4). Peak = frozen + trainable + AdamW + the largest",
         "role's gradients (they live one role at a time) + the activation peak. LoRA keeps the base's",
-        "activations (the frozen layers still pass gradients to the input) and adds the adapters' own.",
+        "activations (the frozen layers still pass gradients to the input) and adds the adapters' own;",
+        "activation checkpointing keeps each block's inputs only and recomputes the rest in the backward",
+        "pass.",
     ]
     lines += [
         "",
