@@ -27,6 +27,7 @@ export = _command("avdm.export")
 evaluate = _command("avdm.evaluate")
 compare = _command("avdm.compare")
 plot = _command("avdm.plot")
+plan = _command("avdm.plan")
 
 
 def data_check() -> int:

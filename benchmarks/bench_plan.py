@@ -88,19 +88,22 @@ def _weights(model: nn.Module) -> set[int]:
     return {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
 
 
-def measure_wan_block(heads: int, ffn: int, tokens: int, checkpointing: bool, text: int = 512) -> int:
-    """Saved bytes of one trainable bf16 ``WanTransformerBlock`` (head dim 128) on meta."""
+def measure_wan_block(
+    heads: int, ffn: int, tokens: int, checkpointing: bool, text: int = 512, head_dim: int = 128,
+    device: torch.device = META, dtype: torch.dtype = DTYPE, trainable: bool = True,
+) -> int:  # fmt: skip
+    """Saved bytes of one ``WanTransformerBlock`` (bf16, trainable: the benchmark's case) on ``device``."""
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
     from avdm.training.memory.saved_tensors import flash_attention_on_meta
 
-    dim = heads * 128
-    with META:
+    dim = heads * head_dim
+    with device:
         block = WanTransformerBlock(dim, ffn, heads, qk_norm="rms_norm_across_heads", cross_attn_norm=True)
-        block = block.to(DTYPE).requires_grad_(True)
-        x = torch.randn(1, tokens, dim, dtype=DTYPE, requires_grad=True)
-        args = (x, torch.randn(1, text, dim, dtype=DTYPE), torch.randn(1, 6, dim, dtype=DTYPE),
-                (torch.randn(1, tokens, 1, 128), torch.randn(1, tokens, 1, 128)))  # fmt: skip
+        block = block.to(dtype).requires_grad_(trainable)
+        x = torch.randn(1, tokens, dim, dtype=dtype, requires_grad=True)
+        args = (x, torch.randn(1, text, dim, dtype=dtype), torch.randn(1, 6, dim, dtype=dtype),
+                (torch.randn(1, tokens, 1, head_dim), torch.randn(1, tokens, 1, head_dim)))  # fmt: skip
     counter = StageCounter(_weights(block))
     with flash_attention_on_meta(), counter.counting():
         if checkpointing:
@@ -119,12 +122,18 @@ def plan_wan_block(heads: int, ffn: int, tokens: int, checkpointing: bool, text:
 
 
 def measure_unet_stages(
-    latent: int, frames: int, checkpointing: bool, build: Callable[[], nn.Module]
-) -> dict:
-    """Saved bytes of :data:`UNET_STAGES` measured in one forward of the bf16 UNet ``build()`` on meta."""
+    latent: int,
+    frames: int,
+    checkpointing: bool,
+    build: Callable[[], nn.Module],
+    text: tuple[int, int] = (77, 768),
+    device: torch.device = META,
+) -> dict[str, int]:
+    """Saved bytes of :data:`UNET_STAGES` measured in one forward of the bf16 UNet ``build()`` on ``device``
+    (``text``: tokens and width of the prompt embeddings)."""
     from avdm.training.memory.saved_tensors import flash_attention_on_meta
 
-    with META:
+    with device:
         unet = build().to(DTYPE).requires_grad_(True)
     weights, counters = _weights(unet), {}
     current: list[StageCounter] = []
@@ -146,11 +155,11 @@ def measure_unet_stages(
 
         stage = unet.get_submodule(name)
         hooks += [stage.register_forward_pre_hook(pre), stage.register_forward_hook(post)]
-    with META:
-        x = torch.randn(1, 4, frames, latent, latent, dtype=DTYPE, requires_grad=True)
-        text = torch.randn(frames, 77, 768, dtype=DTYPE)
+    with device:
+        x = torch.randn(1, unet.config.in_channels, frames, latent, latent, dtype=DTYPE, requires_grad=True)
+        embeddings = torch.randn(frames, *text, dtype=DTYPE)
         with flash_attention_on_meta():
-            unet(x, torch.tensor([10]), encoder_hidden_states=text)
+            unet(x, torch.tensor([10]), encoder_hidden_states=embeddings)
     for hook in hooks:
         hook.remove()
     return {name: c.total for name, c in counters.items()}
@@ -162,10 +171,12 @@ def _checkpoint(current: list[StageCounter], module: nn.Module, *args: Any) -> A
     return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
 
 
-def plan_unet_stages(config: Any, latent: int, frames: int, checkpointing: bool) -> dict[str, int]:
+def plan_unet_stages(
+    config: Any, latent: int, frames: int, checkpointing: bool, text: int = 77
+) -> dict[str, int]:
     from avdm.training.memory import networks
 
-    p = networks.Pass(batch=1, frames=frames, height=latent, width=latent, text=77, e=2, trainable=True)
+    p = networks.Pass(batch=1, frames=frames, height=latent, width=latent, text=text, e=2, trainable=True)
     stages = dict(networks.unet_stages(config, p))
     return {name: networks.stage_bytes(stages[name], checkpointing) for name in UNET_STAGES}
 
@@ -217,8 +228,8 @@ def run(out_dir: Path) -> dict[str, Any]:
         "# Memory plan: activation model vs measured saved tensors",
         "",
         "Autograd's saved bytes of one block / stage at real width (bf16, trainable, flash attention),",
-        "measured on the meta device with a `saved_tensors_hooks` pack hook (one count per storage, weights left out)",
-        "by `benchmarks/bench_plan.py`; planned by `avdm/training/memory/blocks.py` + `networks.py`.",
+        "measured on the meta device with a `saved_tensors_hooks` pack hook (one count per storage, weights",
+        "left out) by `benchmarks/bench_plan.py`; planned by `avdm/training/memory` (blocks, networks).",
         f"Worst relative error: {100 * worst:.1f} % (tolerance {100 * TOLERANCE:.0f} %).",
         "",
         "| case | measured GB | planned GB | error |",

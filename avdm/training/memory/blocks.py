@@ -10,7 +10,8 @@ left out; ``benchmarks/bench_plan.py`` checks these formulas against that measur
   keeps its input. Frozen (a teacher the gradient passes through, a LoRA base): linears keep nothing, since
   the input's gradient needs only the weight.
 * attention ``flash`` (flash / memory-efficient kernels): ``q, k, v``, the output and a log-sum-exp per
-  query and head; ``math``: also the ``B x heads x N_q x N_k`` softmax matrix, in place of the log-sum-exp.
+  query and head; ``math``: also the ``B x heads x N_q x N_k`` softmax matrix, in place of the log-sum-exp
+  (checked in float32; PyTorch's CPU math path upcasts half inputs, which this does not model).
 """
 
 from __future__ import annotations
