@@ -25,6 +25,7 @@ from avdm.errors import AvdmUserError
 from avdm.training.build import build_module
 from avdm.training.callbacks.final_checkpoint import EXIT_CODES, FinalCheckpoint
 from avdm.training.callbacks.memory_plan import MemoryPlanLog
+from avdm.training.callbacks.peer_watch import PEER_DIED_EXIT, PeerWatch
 from avdm.training.callbacks.progress import IterationProgressBar
 from avdm.training.checkpointing.storage import (
     AtomicCheckpointIO,
@@ -45,6 +46,12 @@ class TrainingStopped(AvdmUserError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class PeerDied(AvdmUserError):
+    """Another process of a multi-process run ended; this one stopped instead of waiting for it."""
+
+    exit_code = PEER_DIED_EXIT
 
 
 def resume_command(ckpt: Path, output_dir: Path) -> str:
@@ -87,11 +94,13 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     final = FinalCheckpoint()
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     callbacks += [final, MemoryPlanLog(cfg)]  # the memory plan logged at the start (analytic)
+    peers = PeerWatch(lambda ckpt: resume_command(ckpt, out))  # a rank that dies: one line, no hang
+    callbacks.append(peers)
+    checkpoint_io = AtomicCheckpointIO(resumed_from)
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(IterationProgressBar())
     loggers = build_loggers(cfg)
     log_config(loggers, cfg)
-    checkpoint_io = AtomicCheckpointIO(resumed_from)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io]
     )
@@ -101,6 +110,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         final.stopped_by = final.stopped_by or "SIGTERM"
     except (NonFiniteLossError, NonFiniteWeightsError) as err:
         raise type(err)(f"{err}; {checkpoint_io.good_checkpoint_text()}") from None
+    except Exception:
+        if (what := peers.dead_peer()) is not None:  # a collective failed because a rank died (gloo)
+            peers.teardown(trainer, module, "fit")  # this line, not the watcher's too
+            raise PeerDied(peers.stopped_line(what)) from None
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for counter in ("generator_steps", "critic_steps", "nonfinite_skips"):
         if hasattr(module, counter):

@@ -1,0 +1,110 @@
+"""A rank that dies in a two-process run (``trainer=ddp_cpu``, Lightning starts the second process): the
+other process ends within 60 s with one line naming the rank and the resume command, and resuming from
+the checkpoint it names repeats the uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+RUN = [
+    "+experiment=avdm2_tiny", "trainer=ddp_cpu", "trainer.max_steps=6",
+    "callbacks.checkpoint.every_n_train_steps=2", "callbacks.samples.every_n_steps=0",
+    "callbacks.diagnostics=null", "callbacks.collapse=null", "callbacks.plots=null",
+]  # fmt: skip
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _train(cwd: Path, *args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "avdm.train", *RUN, *args]
+    return subprocess.Popen(
+        command, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _child(pid: int) -> int:
+    """The pid of the second rank: the ``avdm.train`` process the launching one started."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if parent == pid and b"avdm.train" in command:
+                return int(entry.name)
+    raise AssertionError(f"no second rank under pid {pid}")
+
+
+def _killed_midway(tmp_path: Path, name: str, victim: str) -> tuple[subprocess.Popen, str, float]:
+    """Start a run, kill one of its ranks (``"child"``: rank 1, ``"launcher"``: rank 0) with SIGKILL once
+    its first checkpoint and ``last.ckpt`` exist; the survivor's exit status, stderr and seconds to exit."""
+    run = _train(tmp_path, f"hydra.run.dir={name}")
+    checkpoints = tmp_path / name / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not ((checkpoints / "last.ckpt").exists() and list(checkpoints.glob("epoch=*.ckpt"))):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+        time.sleep(0.05)
+    child = _child(run.pid)
+    if victim == "child":
+        os.kill(child, signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, err = run.communicate(timeout=120)
+        return run, err, time.monotonic() - killed_at
+    os.kill(run.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    while Path(f"/proc/{child}").exists() and time.monotonic() - killed_at < 120:
+        status = Path(f"/proc/{child}/stat")
+        if status.exists() and status.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break  # exited (a zombie: its parent, the launcher, is gone and init reaps it)
+        time.sleep(0.05)
+    run.communicate(timeout=10)
+    return run, "", time.monotonic() - killed_at
+
+
+def _trainable(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_in_one_line_and_the_resume_repeats_the_run(tmp_path: Path) -> None:
+    straight = _train(tmp_path, "hydra.run.dir=straight")
+    _, err = straight.communicate(timeout=600)
+    assert straight.returncode == 0, err[-3000:]
+
+    run, err, seconds = _killed_midway(tmp_path, "killed", "child")
+    assert run.returncode == 1 and seconds < 60, (run.returncode, seconds)
+    lines = [line for line in err.splitlines() if line.startswith("avdm:")]
+    assert len(lines) == 1, err[-3000:]
+    line = r"avdm: error: rank 1 \(pid \d+\) ended by signal SIGKILL; this run stopped; resume with: "
+    assert re.match(line, lines[0]), lines[0]
+    assert "Traceback" not in err
+    resume = lines[0].split("resume with: ", 1)[1].split()
+    assert resume[:3] == ["python", "-m", "avdm.train"]
+    ckpt = next(a for a in resume if a.startswith("ckpt_path=")).split("=", 1)[1]
+    assert Path(ckpt) == tmp_path / "killed" / "checkpoints" / "last.ckpt"
+
+    resumed = subprocess.run(
+        [sys.executable, *resume[1:]], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = _trainable(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    b = _trainable(tmp_path / "killed" / "checkpoints" / "last.ckpt")
+    assert int(a["generator_steps"]) == int(b["generator_steps"]) == 6
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
+@pytest.mark.slow
+def test_the_second_rank_does_not_outlive_a_killed_launcher(tmp_path: Path) -> None:
+    _, _, seconds = _killed_midway(tmp_path, "orphan", "launcher")
+    assert seconds < 60, f"rank 1 still ran {seconds:.0f} s after rank 0 was killed"
