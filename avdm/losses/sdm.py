@@ -98,6 +98,7 @@ class ScoreDistillationLoss(DistillationLoss):
         self.fake_score_weighting = fake_score_weighting
         self.fake_score_lora = dict(fake_score_lora) if fake_score_lora is not None else None
         self.fake_score: Denoiser | None = None
+        self.first_frame_only = False  # set by bind
 
     def _teacher(self, teachers: TeacherBank) -> Denoiser:
         teacher = getattr(teachers, self.teacher_role)
@@ -113,6 +114,7 @@ class ScoreDistillationLoss(DistillationLoss):
         """Build the fake score ``eps_psi``: a trainable copy of the real-score teacher or, with
         ``fake_score_lora``, the teacher's own network plus a LoRA adapter of its own."""
         teacher = self._teacher(teachers)
+        self._check_image_latents(teacher)
         if self.fake_score_lora is None:
             self.fake_score = trainable_copy(teacher)
             return
@@ -126,6 +128,20 @@ class ScoreDistillationLoss(DistillationLoss):
         add_lora(teacher.model, name, self.fake_score_lora, key="fake_score_lora")
         self.fake_score = AdapterDenoiser(teacher, name)
 
+    def _check_image_latents(self, teacher: Denoiser) -> None:
+        """A 2D teacher on latents of a VAE that compresses time sees latent frame 0 only: the one latent
+        frame that is an image latent (docs/method_notes.md); more frames are refused in one line."""
+        factor = teacher.temporal_compression
+        self.first_frame_only = self.teacher_role == "image" and factor > 1
+        if not self.first_frame_only:
+            return
+        if self.num_frames != 1:
+            raise ConfigError(  # the module names the plugin: loss.<name>.num_frames=...
+                f"num_frames={self.num_frames}: the VAE compresses time by {factor}, so only latent frame 0 "
+                "is the latent of an image (the 2D teacher's input); set num_frames=1 (frame SDM on the "
+                "first frame) or use the video SDM (loss=[video_sdm, ...])"
+            )
+
     def critic_parameters(self) -> Iterator[nn.Parameter]:
         """The fake score's parameters (its adapter's only, with ``fake_score_lora``)."""
         if isinstance(self.fake_score, AdapterDenoiser):
@@ -138,10 +154,13 @@ class ScoreDistillationLoss(DistillationLoss):
         return self.fake_score
 
     def select_frames(self, x0: Tensor) -> Tensor:
-        """``K`` distinct random frames of every sample: ``(B, C, F, H, W) -> (B, C, K, H, W)``."""
+        """``K`` distinct random frames of every sample: ``(B, C, F, H, W) -> (B, C, K, H, W)``; latent frame
+        0 for a 2D teacher of a VAE that compresses time."""
         frames = x0.shape[2]
         if self.num_frames is None:
             return x0
+        if self.first_frame_only:
+            return x0[:, :, :1]  # the image latent (_check_image_latents)
         if self.num_frames > frames:
             raise ValueError(f"num_frames must be <= the clip's frame count {frames}, got {self.num_frames}")
         idx = torch.rand(x0.shape[0], frames, device=x0.device).argsort(dim=1)[:, : self.num_frames]

@@ -30,6 +30,11 @@ class Denoiser(nn.Module, abc.ABC):
         schedule: the noise schedule the network was trained with.
     """
 
+    #: Pixel frames per latent frame after the first, of the VAE whose latents this view denoises (Wan's
+    #: causal VAE: 4; a per-frame VAE: 1). A 2D view of a video teacher with ``> 1`` was trained on image
+    #: latents, which only latent frame 0 of a video is (the causal encoder sees the first frame alone).
+    temporal_compression: int = 1
+
     def __init__(self, model: nn.Module, schedule: NoiseSchedule) -> None:
         super().__init__()
         self.model = model

@@ -245,6 +245,10 @@ class AdapterDenoiser(Denoiser):
     def default_feature_layers(self) -> tuple[str, ...]:
         return self.base.default_feature_layers
 
+    @property
+    def temporal_compression(self) -> int:  # type: ignore[override]
+        return self.base.temporal_compression
+
     def forward(self, x_t: Tensor, t: Tensor, text: Tensor) -> Tensor:
         with adapter_active(self.model, self.adapter):
             return super().forward(x_t, t, text)

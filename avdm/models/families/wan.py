@@ -408,6 +408,7 @@ def build_wan(
     image = None
     if image_teacher == "shared":
         image = FrameTransformerDenoiser(transformer, schedule, position)
+        image.temporal_compression = vae_factors(vae)[0]
         sources["image_teacher"] = "shared with the video teacher (one-frame clips)"
     else:
         sources["image_teacher"] = "none"
