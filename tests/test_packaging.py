@@ -28,6 +28,7 @@ def test_every_console_script_is_a_callable_that_returns_an_exit_status():
         "compare",
         "data-check",
         "plot",
+        "plan",
     }
     assert {name.removeprefix("avdm-") for name in scripts} == commands
     for target in scripts.values():

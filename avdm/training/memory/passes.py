@@ -61,7 +61,7 @@ def _pass(
     _, f, h, w = run.latent
     e = run.e if trainable or lora else run.e_frozen
     return Pass(batch=batch or run.batch, frames=frames or f, height=h, width=w, text=run.text, e=e,
-                trainable=trainable, checkpointing=run.checkpointing and not lora, attention=run.attention,
+                trainable=trainable, checkpointing=run.checkpointing, attention=run.attention,
                 lora_rank=lora)  # fmt: skip
 
 

@@ -101,6 +101,9 @@ def _roles(module: nn.Module, s: PlanSettings) -> list[Role]:
         n = lora_params(module.teachers.video.model, s.generator_lora)
         roles = [r for r in roles if r.name != "generator"]
         roles.insert(0, Role(f"generator (LoRA r{s.generator_lora})", 4 * n, n, "float32", True, True))
+        # A LoRA generator's EMA is a second adapter (avdm.training.adapter_ema), not a copy of the network.
+        roles = [Role("generator ema (LoRA)", 4 * n, n, "float32", False, True) if r.name == "generator EMA"
+                 else r for r in roles]  # fmt: skip
     if s.fake_score_lora:
         for name, plugin in module.losses.items():
             i = next((i for i, r in enumerate(roles) if r.name == f"{name} fake score"), None)
@@ -167,9 +170,9 @@ def _candidates(s: PlanSettings) -> list[tuple[str, PlanSettings]]:
     """Single changes, cheapest first: recomputation, LoRA roles, more FSDP2 processes, a smaller batch;
     then recomputation with each of the others."""
     found: list[tuple[str, PlanSettings]] = []
-    if not s.checkpointing and not (s.generator_lora or s.fake_score_lora):
+    if not s.checkpointing:
         found.append(("module.gradient_checkpointing=true", replace(s, checkpointing=True)))
-    if not s.checkpointing and not s.has_ema and not (s.generator_lora and s.fake_score_lora):
+    if not (s.generator_lora and s.fake_score_lora):
         found.append(("module.generator_lora={rank:16} loss.sdm.fake_score_lora={rank:16}",
                       replace(s, generator_lora=16, fake_score_lora=16)))  # fmt: skip
     for n in (2, 4, 8, 16, 32, 64):
@@ -183,8 +186,7 @@ def _candidates(s: PlanSettings) -> list[tuple[str, PlanSettings]]:
     singles = list(found)
     if not s.checkpointing:
         for text, c in singles[1:]:
-            if not (c.generator_lora or c.fake_score_lora):
-                found.append((f"module.gradient_checkpointing=true {text}", replace(c, checkpointing=True)))
+            found.append((f"module.gradient_checkpointing=true {text}", replace(c, checkpointing=True)))
     return found
 
 
@@ -211,7 +213,8 @@ def warning_line(module: nn.Module, plan: MemoryPlan, limit: int) -> str:
     fits = fitting_settings(module, plan.settings, limit)
     head = f"memory plan: {plan.total / GB:.1f} GB per process exceeds {limit / GB:.1f} GB"
     if not fits:
-        return f"{head}; no single setting tried fits (checkpointing, LoRA roles, FSDP2 up to 64, batch 1)"
+        tried = "checkpointing, LoRA roles, FSDP2 up to 64 processes, batch 1, and checkpointing with each"
+        return f"{head}; no setting tried fits ({tried})"
     return head + "; would fit: " + "; ".join(f"{t} ({total / GB:.1f} GB)" for t, total in fits)
 
 

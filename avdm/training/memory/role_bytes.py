@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from avdm.models.lora import AdapterDenoiser, adapter_parameters
+from avdm.models.lora import AdapterDenoiser, adapter_names, adapter_parameters
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,10 @@ def module_roles(module: nn.Module) -> list[Role]:
             rank = _lora_rank(fake.model, fake.adapter)
             params = [p for _, p in adapter_parameters(fake.model, fake.adapter)]
             claim(f"{name} fake score (LoRA r{rank})", params, True)
+    # Any other adapter of the base (the LoRA generator's EMA, ``generator_ema``): weights, never trained.
+    for adapter in sorted(adapter_names(module.teachers.video.model)):
+        params = [p for _, p in adapter_parameters(module.teachers.video.model, adapter)]
+        claim(f"{adapter.replace('_', ' ')} (LoRA)", params, False)
     claim(f"frozen base (teachers, {module.teacher_dtype})", list(module.teachers.parameters()), False)
     if module.prompt_encoder is not None:
         claim("text encoder", list(module.prompt_encoder.parameters()), False)
