@@ -2,7 +2,7 @@
 PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help install test lint format demo demo-eval diag-eval demo-eval-flow teacher teacher-flow shapes-classifier synvid-shapes bench clean
+.PHONY: help install test lint format demo demo-eval diag-eval demo-eval-flow teacher teacher-flow shapes-classifier synvid-shapes bench plan-table clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ synvid-shapes:  ## SynVid from the shipped flow teacher: 600 trajectories of 50 
 
 bench:  ## benchmarks; results in benchmarks/results/
 	$(PYTHON) -m benchmarks.run
+
+plan-table:  ## the memory plan at the papers' shapes (docs/memory_plan.md, README): benchmarks/results/plan_table.md
+	$(PYTHON) -m benchmarks.plan_table
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
