@@ -5,8 +5,9 @@ case into ``OUT/FAMILY-ROLES/`` (one launch: the imports and the process group a
 One process pair trains the same tiny run three times: with DDP for 3 generator steps; with FSDP2
 (``ShardedStrategy``) for 3 steps, saving a sharded checkpoint at step 2; with FSDP2 again from that
 checkpoint to step 3. ``ROLES``: ``full`` (full-copy generator and fake score) or ``lora`` (rank-4
-adapters of the one frozen teacher), both with an EMA of the generator and activation checkpointing. Every rank writes its DDP
-weights, the clips it saw and its bytes; rank 0 also the FSDP2 runs' weights (gathered) and gradient norms.
+adapters of the one frozen teacher), both with an EMA of the generator and activation checkpointing.
+Every rank writes its DDP weights, the clips it saw and its bytes; rank 0 also the FSDP2 runs' weights
+(gathered) and gradient norms.
 """
 
 from __future__ import annotations

@@ -63,12 +63,10 @@ class DistillationModule(L.LightningModule):
         grad_clip_norm: max gradient norm per update (``None``: no clipping).
         max_consecutive_nonfinite: stop after this many iterations in a row whose loss is NaN/inf.
         seed: base seed of the per-iteration randomness.
-        ema_decay: keep an exponential moving average of the generator with this decay (``None``: off;
-            the paper uses none; with ``generator_lora``, an EMA adapter beside the generator's). Sampling
-            callbacks and export use it when present.
-        gradient_checkpointing: recompute activations inside every UNet / transformer block in the backward
-            pass (less memory, about one more forward); loss values are unchanged; with LoRA roles each
-            block is recomputed under the adapter its forward ran under.
+        ema_decay: EMA of the generator with this decay (``None``: off, as in the paper; with LoRA roles an
+            EMA adapter); sampling callbacks and export use it when present.
+        gradient_checkpointing: recompute activations inside every block in the backward pass (about one
+            more forward; losses unchanged; LoRA roles recompute under their own adapter).
         channels_last: keep 4-D weights in channels-last layout; loss values are unchanged.
         generator_lora: ``{rank, alpha, target_modules}``: the generator is the frozen video teacher plus a
             ``generator`` LoRA adapter (:mod:`avdm.models.lora`) instead of a full trainable copy; ``None``:
