@@ -91,3 +91,32 @@ def test_a_killed_rank_ends_the_run_in_one_line_and_the_resume_repeats_the_run(t
     assert a.keys() == b.keys()
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
+
+
+def test_a_rank_ending_with_an_error_leaves_this_rank_its_own_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error every rank meets (bad data, NaN) ends rank 1 with a status, not a signal: the watch waits
+    for this rank's own error (here: the fit ending) instead of reporting rank 1; a killed rank is named."""
+    import threading
+
+    from avdm.training.callbacks import peer_watch
+    from avdm.training.callbacks.peer_watch import PeerWatch
+
+    monkeypatch.setattr(peer_watch, "ERROR_GRACE_S", 5.0)
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
+    failed.wait()
+    watch = PeerWatch(period_s=0.05)
+    watch._children = [failed]
+    assert watch.dead_peer() == f"rank 1 (pid {failed.pid}) ended by code 2"
+    thread = threading.Thread(target=watch._watch, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    watch.on_exception(None, None, RuntimeError("this rank's own error"))  # type: ignore[arg-type]
+    thread.join(timeout=5)
+    assert not thread.is_alive()  # returned instead of ending this process
+
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed.kill()
+    killed.wait()
+    watch._children = [killed]
+    assert watch.dead_peer() == f"rank 1 (pid {killed.pid}) ended by signal SIGKILL"
+    assert "no checkpoint was written yet" in watch.stopped_line("x")

@@ -110,6 +110,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         final.stopped_by = final.stopped_by or "SIGTERM"
     except (NonFiniteLossError, NonFiniteWeightsError) as err:
         raise type(err)(f"{err}; {checkpoint_io.good_checkpoint_text()}") from None
+    except AvdmUserError:
+        raise  # every rank's own one line (bad data, ...), even when another rank has ended of it
     except Exception:
         if (what := peers.dead_peer()) is not None:  # a collective failed because a rank died (gloo)
             peers.teardown(trainer, module, "fit")  # this line, not the watcher's too

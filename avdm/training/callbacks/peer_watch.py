@@ -29,6 +29,8 @@ from avdm.training.callbacks.final_checkpoint import checkpoint_folder
 
 # The exit status of a run ended because another of its processes died.
 PEER_DIED_EXIT = 1
+# Seconds this rank waits, after another exited with an error status, for its own error to end it.
+ERROR_GRACE_S = 10.0
 
 
 def describe_exit(returncode: int) -> str:
@@ -82,6 +84,11 @@ class PeerWatch(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._done.set()  # a normal end: processes finish at their own pace
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._done.set()  # this rank ends with its own error (fit names a dead peer behind it)
+
     def dead_peer(self) -> str | None:
         """What ended, if another process of the run has (one look), else ``None``."""
         for local_rank, child in enumerate(self._children, start=1):
@@ -90,6 +97,11 @@ class PeerWatch(L.Callback):
         if self._parent is not None and os.getppid() != self._parent:
             return f"the process that started rank {self._rank} (pid {self._parent}) ended"
         return None
+
+    def _ended_by_itself(self) -> bool:
+        """A rank that exited with an error status (not killed by a signal): likely an error every rank
+        meets at once, which this rank's own run reports in its own line within ``ERROR_GRACE_S``."""
+        return any((child.poll() or 0) > 0 for child in self._children)
 
     def _newest_checkpoint(self) -> Path | None:
         """``last.ckpt``, else the newest checkpoint of the folder (each one is whole: saves are atomic)."""
@@ -108,7 +120,11 @@ class PeerWatch(L.Callback):
 
     def _watch(self) -> None:
         while not self._done.wait(self.period_s):
-            if (what := self.dead_peer()) is not None and not self._done.is_set():
+            if (what := self.dead_peer()) is None:
+                continue
+            if self._ended_by_itself() and self._done.wait(ERROR_GRACE_S):
+                return  # every rank met the same error (bad data, NaN): this rank reports its own line
+            if not self._done.is_set():
                 for child in self._children:
                     if child.poll() is None:
                         child.kill()  # it would wait in a collective for the dead rank
