@@ -1,7 +1,7 @@
 """The memory plan's activation model against measurement: autograd's saved bytes per block at real width.
 
 Every tensor a ``saved_tensors_hooks`` pack hook sees while the block runs forward is counted once per
-storage, weights left out (:func:`~avdm.training.memory.saved_tensors.count_saved`). The blocks run on the
+storage (keyed by the storage object: meta data pointers are all 0), weights left out. The blocks run on the
 **meta device** (shapes and dtypes, no memory), so one Wan2.1-14B block at 32k tokens is measured on a CPU;
 ``scaled_dot_product_attention`` runs the fused flash kernel there
 (:func:`~avdm.training.memory.saved_tensors.flash_attention_on_meta`), as it does on a GPU in bf16.

@@ -1,9 +1,4 @@
-"""Measure what autograd keeps for the backward pass: bytes of saved tensors, on real or meta tensors.
-
-:func:`count_saved` counts every tensor a ``saved_tensors_hooks`` pack hook sees while a block runs, each
-storage once (keyed by the storage object itself, which works on the meta device where every data pointer
-is 0) and without the weights of the given modules (they exist anyway). Meta tensors carry shapes and dtypes
-only, so a block at real width (one Wan2.1-14B block at 32k tokens) is measured in seconds on a CPU.
+"""Measuring what autograd keeps for the backward pass on the meta device: the attention kernel it runs.
 
 :func:`flash_attention_on_meta`: on the meta device ``scaled_dot_product_attention`` always takes the math
 path (it keeps the ``B x heads x N x N`` attention matrix); inside this context it calls the fused CPU
@@ -13,34 +8,12 @@ per query), the memory behaviour of flash / memory-efficient attention on a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-
-
-def _storage_key(tensor: Tensor) -> int:
-    return tensor.untyped_storage()._cdata
-
-
-@contextmanager
-def count_saved(weights: Iterable[nn.Module] = ()) -> Iterator[dict[str, int]]:
-    """Yields ``{"bytes": n}``, filled in as autograd saves tensors inside the block; parameters and buffers
-    of ``weights`` are not counted (nor are their views: a transposed weight shares its storage)."""
-    counter = {"bytes": 0}
-    seen = {_storage_key(t) for m in weights for t in (*m.parameters(), *m.buffers())}
-
-    def pack(tensor: Tensor) -> Tensor:
-        key = _storage_key(tensor)
-        if key not in seen:
-            seen.add(key)
-            counter["bytes"] += tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        yield counter
+from torch import Tensor
 
 
 def _flash(
